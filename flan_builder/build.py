@@ -1,0 +1,359 @@
+"""``flan build``: specs + rows -> rendered, mixed, held-out-split DatasetDict + manifest.
+
+Phases: plan the split (held-out rules) -> load each task's rows -> decide counts
+(caps and mixing) -> render -> write train/heldout atomically with a manifest.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from flan_builder.atomic import atomic_directory, check_output_free, write_json_atomic
+from flan_builder.errors import FlanError
+from flan_builder.heldout import SplitPlan, plan_split
+from flan_builder.manifest import (
+    MANIFEST_NAME,
+    command_line,
+    content_hash,
+    package_versions,
+    row_hash,
+)
+from flan_builder.mixing import (
+    MixingConfig,
+    draw_rows,
+    draw_templates,
+    mixture_counts,
+    pool_indices,
+    task_rng,
+)
+from flan_builder.sources import Rows, load_split
+from flan_builder.specs import Registry, TaskSpec, load_registry
+from flan_builder.templating import DEFAULT_SEPARATOR, RenderedExample, TaskRenderer
+
+EXPORT_FORMATS = ("parquet", "jsonl")
+OUTPUT_STYLES = ("prompt_completion", "messages")
+TRAIN, HELDOUT = "train", "heldout"
+
+
+@dataclass
+class BuildConfig:
+    """Everything that decides a built dataset (recorded in its manifest)."""
+
+    heldout: str | None
+    out: Path
+    data_dir: Path | None = None
+    seed: int = 0
+    mixing: MixingConfig = field(default_factory=MixingConfig)
+    with_options: bool = True
+    style: str = "prompt_completion"
+    export_formats: tuple[str, ...] = ()
+    separator: str = DEFAULT_SEPARATOR
+    tasks: list[str] | None = None
+    train_clusters: list[str] | None = None
+    max_eval_rows: int | None = None
+    num_proc: int = 1
+    overwrite: bool = False
+    templates_dir: Path | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key in ("out", "data_dir", "templates_dir"):
+            data[key] = str(data[key]) if data[key] is not None else None
+        data["export_formats"] = list(self.export_formats)
+        return data
+
+
+@dataclass
+class BuildResult:
+    out: Path
+    manifest: dict[str, Any]
+
+
+def _record(
+    spec: TaskSpec, example: RenderedExample, source_split: str, index: int, source_hash: str,
+    style: str,
+) -> dict[str, Any]:
+    if style == "messages":
+        prompt: Any = [{"role": "user", "content": example.prompt}]
+        completion: Any = [{"role": "assistant", "content": example.target}]
+    else:
+        prompt, completion = example.prompt, example.completion
+    return {
+        "prompt": prompt,
+        "completion": completion,
+        "input": example.input,
+        "target": example.target,
+        "task": spec.name,
+        "cluster": spec.cluster,
+        "template_id": example.template_id,
+        "inverted": example.inverted,
+        "options": example.options,
+        "answer_index": example.answer_index,
+        "references": example.references,
+        "source_split": source_split,
+        "source_index": index,
+        "source_hash": source_hash,
+    }
+
+
+def _features(style: str) -> Any:
+    from datasets import Features, List, Value
+
+    text = Value("string")
+    if style == "messages":
+        turn = {"role": text, "content": text}
+        prompt: Any = List(turn)
+        completion: Any = List(turn)
+    else:
+        prompt = completion = text
+    return Features({
+        "prompt": prompt,
+        "completion": completion,
+        "input": text,
+        "target": text,
+        "task": text,
+        "cluster": text,
+        "template_id": text,
+        "inverted": Value("bool"),
+        "options": List(text),
+        "answer_index": Value("int32"),
+        "references": List(text),
+        "source_split": text,
+        "source_index": Value("int64"),
+        "source_hash": text,
+    })
+
+
+@dataclass
+class _TaskJob:
+    """One task's rendering work, small enough to send to a worker process."""
+
+    spec: TaskSpec
+    split: str
+    rows: list[dict[str, Any]]
+    indices: list[int]  # source row index of each entry of ``rows``
+    templates: list[list[int]]  # template indices to render for each row
+    with_options: bool
+    separator: str
+    style: str
+
+
+def _render_job(job: _TaskJob) -> list[dict[str, Any]]:
+    renderer = TaskRenderer(job.spec, with_options=job.with_options, separator=job.separator)
+    records = []
+    for row, index, template_indices in zip(job.rows, job.indices, job.templates, strict=True):
+        source_hash = row_hash({k: row[k] for k in job.spec.fields})
+        if len(template_indices) == 1:
+            examples = [renderer.render(row, template_indices[0], split=job.split, row_index=index)]
+        else:
+            examples = renderer.render_all(row, template_indices, split=job.split, row_index=index)
+        for example in examples:
+            records.append(_record(job.spec, example, job.split, index, source_hash, job.style))
+    return records
+
+
+def _template_choice(spec: TaskSpec, mixing: MixingConfig) -> list[int]:
+    count = len(spec.templates)
+    if mixing.max_templates is not None:
+        count = min(count, mixing.max_templates)
+    return list(range(count))
+
+
+def _train_jobs(
+    plan: SplitPlan, loaded: dict[str, Rows], config: BuildConfig
+) -> tuple[list[_TaskJob], dict[str, dict[str, int]]]:
+    mixing = config.mixing
+    pools = {
+        spec.name: pool_indices(len(loaded[spec.name]), mixing.max_per_dataset,
+                                task_rng(config.seed, spec.name, "pool"))
+        for spec in plan.train_tasks
+    }
+    counts = mixture_counts({t: len(p) for t, p in pools.items()}, mixing.rate_cap, mixing.total)
+    jobs, sizes = [], {}
+    for spec in plan.train_tasks:
+        rng = task_rng(config.seed, spec.name, "draw")
+        drawn = draw_rows(pools[spec.name], counts[spec.name], rng)
+        allowed = _template_choice(spec, mixing)
+        if mixing.all_templates:
+            templates = [allowed] * len(drawn)
+        else:
+            templates = [[allowed[i]] for i in draw_templates(len(drawn), len(allowed), rng)]
+        sizes[spec.name] = {
+            "rows_available": len(loaded[spec.name]),
+            "pool": len(pools[spec.name]),
+            "mixing_count": counts[spec.name],
+        }
+        # Rows are fetched once each, in the drawn order, even when drawn several times.
+        rows = loaded[spec.name].take(drawn)
+        jobs.append(_TaskJob(spec, loaded[spec.name].split, rows, drawn, templates,
+                             config.with_options, config.separator, config.style))
+    return jobs, sizes
+
+
+def _heldout_jobs(
+    plan: SplitPlan, loaded: dict[str, Rows], config: BuildConfig
+) -> tuple[list[_TaskJob], dict[str, dict[str, int]]]:
+    jobs, sizes = [], {}
+    for spec in plan.heldout_tasks:
+        rows = loaded[spec.name]
+        limit = config.max_eval_rows or len(rows)
+        indices = pool_indices(len(rows), limit, task_rng(config.seed, spec.name, "eval"))
+        templates = [i for i, t in enumerate(spec.templates) if not t.inverted]
+        sizes[spec.name] = {"rows_available": len(rows), "rows_used": len(indices),
+                            "templates": len(templates)}
+        jobs.append(_TaskJob(spec, rows.split, rows.take(indices), indices,
+                             [templates] * len(indices), config.with_options, config.separator,
+                             config.style))
+    return jobs, sizes
+
+
+def _run_jobs(jobs: list[_TaskJob], num_proc: int, desc: str) -> dict[str, list[dict[str, Any]]]:
+    results: dict[str, list[dict[str, Any]]] = {}
+    bar = tqdm(total=len(jobs), desc=desc, unit="task", leave=False)
+    if num_proc > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(max_workers=num_proc) as pool:
+            for job, records in zip(jobs, pool.map(_render_job, jobs), strict=True):
+                results[job.spec.name] = records
+                bar.update()
+    else:
+        for job in jobs:
+            bar.set_postfix_str(job.spec.name)
+            results[job.spec.name] = _render_job(job)
+            bar.update()
+    bar.close()
+    return results
+
+
+def _counts(records: list[dict[str, Any]]) -> dict[str, Any]:
+    per_template: dict[str, Counter[str]] = defaultdict(Counter)
+    for record in records:
+        per_template[record["task"]][record["template_id"]] += 1
+    return {
+        "total": len(records),
+        "per_cluster": dict(sorted(Counter(r["cluster"] for r in records).items())),
+        "per_task": dict(sorted(Counter(r["task"] for r in records).items())),
+        "per_template": {t: dict(sorted(c.items())) for t, c in sorted(per_template.items())},
+        "inverted": sum(1 for r in records if r["inverted"]),
+    }
+
+
+def _load_all(specs: list[TaskSpec], role: str, data_dir: Path | None) -> dict[str, Rows]:
+    loaded = {}
+    for spec in tqdm(specs, desc=f"loading {role} splits", unit="task", leave=False):
+        loaded[spec.name] = load_split(spec, role, data_dir)
+    return loaded
+
+
+def _check_no_leak(train: list[dict[str, Any]], heldout: list[dict[str, Any]]) -> None:
+    heldout_hashes = {r["source_hash"] for r in heldout}
+    leaked = [r for r in train if r["source_hash"] in heldout_hashes]
+    if leaked:
+        first = leaked[0]
+        raise FlanError(f"{len(leaked)} training rows repeat a held-out row (first: task "
+                        f"{first['task']}, {first['source_split']} row {first['source_index']}); "
+                        "remove the duplicate from the training data")
+
+
+def build(config: BuildConfig, registry: Registry | None = None) -> BuildResult:
+    """Build the dataset described by ``config`` and write it atomically to ``config.out``."""
+    started = time.perf_counter()
+    if config.style not in OUTPUT_STYLES:
+        raise FlanError(f"--as must be one of {', '.join(OUTPUT_STYLES)}")
+    for fmt in config.export_formats:
+        if fmt not in EXPORT_FORMATS:
+            raise FlanError(f"--format must be one of {', '.join(EXPORT_FORMATS)} (got {fmt!r})")
+    check_output_free(Path(config.out), config.overwrite)
+    registry = registry or load_registry(config.templates_dir)
+    plan = plan_split(registry, config.heldout, train_clusters=config.train_clusters,
+                      tasks=config.tasks)
+    # Compile every template before loading any data: a syntax error should fail in seconds.
+    for spec in {s.name: s for s in plan.train_tasks + plan.heldout_tasks}.values():
+        TaskRenderer(spec)
+
+    train_rows = _load_all(plan.train_tasks, "train", config.data_dir)
+    heldout_rows = _load_all(plan.heldout_tasks, "eval", config.data_dir)
+    train_jobs, train_sizes = _train_jobs(plan, train_rows, config)
+    heldout_jobs, heldout_sizes = _heldout_jobs(plan, heldout_rows, config)
+    rendered_train = _run_jobs(train_jobs, config.num_proc, "rendering train")
+    rendered_heldout = _run_jobs(heldout_jobs, config.num_proc, "rendering heldout")
+
+    train = [r for job in train_jobs for r in rendered_train[job.spec.name]]
+    task_rng(config.seed, "*", "shuffle").shuffle(train)
+    heldout = [r for job in heldout_jobs for r in rendered_heldout[job.spec.name]]
+    if not train and not heldout:
+        raise FlanError("the build produced no rows; check --tasks / --train-clusters / --total")
+    _check_no_leak(train, heldout)
+
+    splits = {TRAIN: train}
+    if plan.heldout is not None:
+        splits[HELDOUT] = heldout
+    hashes = {name: content_hash(rows) for name, rows in splits.items()}
+    manifest: dict[str, Any] = {
+        "kind": "flan-builder dataset",
+        "format_version": 1,
+        "command": command_line(),
+        "config": config.to_json(),
+        "seed": config.seed,
+        "heldout_cluster": plan.heldout,
+        "style": config.style,
+        "separator": config.separator,
+        "with_options": config.with_options,
+        "versions": package_versions(),
+        "split_plan": plan.to_json(),
+        "sources": {
+            name: {
+                "hub_id": registry.tasks[name].source.hub_id,
+                "config": registry.tasks[name].source.config,
+                "split": rows.split,
+                "origin": rows.origin,
+                "license": registry.tasks[name].license,
+                **(train_sizes.get(name) or heldout_sizes.get(name) or {}),
+            }
+            for name, rows in {**train_rows, **heldout_rows}.items()
+        },
+        "templates": {
+            spec.name: {"count": len(spec.templates),
+                        "inverted": sum(t.inverted for t in spec.templates),
+                        "file": str(spec.path.relative_to(registry.root))}
+            for spec in {s.name: s for s in plan.train_tasks + plan.heldout_tasks}.values()
+        },
+        "counts": {name: _counts(rows) for name, rows in splits.items()},
+        "content_hash": {**hashes, "all": content_hash([hashes])},
+    }
+    _write(config, splits, manifest, started)
+    return BuildResult(Path(config.out), manifest)
+
+
+def _write(
+    config: BuildConfig, splits: dict[str, list[dict[str, Any]]], manifest: dict[str, Any],
+    started: float,
+) -> None:
+    from datasets import Dataset, DatasetDict
+
+    features = _features(config.style)
+    with atomic_directory(Path(config.out), overwrite=config.overwrite) as tmp:
+        dataset = DatasetDict({
+            name: Dataset.from_list(rows, features=features) for name, rows in splits.items()
+        })
+        dataset.save_to_disk(str(tmp))
+        for fmt in config.export_formats:
+            data_dir = tmp / "data"
+            data_dir.mkdir(exist_ok=True)
+            for name, split in dataset.items():
+                target = data_dir / f"{name}.{fmt}"
+                if fmt == "parquet":
+                    split.to_parquet(str(target))
+                else:
+                    split.to_json(str(target), lines=True, force_ascii=False)
+        manifest["built_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        manifest["wall_time_s"] = round(time.perf_counter() - started, 2)
+        # The manifest is written last: its presence marks a complete output.
+        write_json_atomic(tmp / MANIFEST_NAME, manifest)

@@ -1,0 +1,322 @@
+"""The ``flan`` command: one entry point, one subcommand per job.
+
+Bad input raises FlanError anywhere below; ``main`` turns it into one line on stderr
+and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from flan_builder import __version__
+from flan_builder.errors import FlanError
+
+EPILOG_BUILD = """examples:
+  flan build --heldout nli --data-dir ../shared/data --out build/heldout-nli
+  flan build --heldout none --data-dir ../shared/data --out build/mix --total 20000 --seed 1
+  flan build --heldout nli --data-dir ../shared/data --out build/nli-msgs --as messages --format parquet
+  flan build --heldout nli --out build/nli --push-to-hub USER/flan-nli   # HF_TOKEN from the environment
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that exits with code 2 and one line (it already does) and shows examples."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--templates-dir", type=Path, default=None,
+                        help="task specs root (default: $FLAN_TEMPLATES_DIR or the repo's templates/)")
+
+
+def _add_data_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", default=None,
+                        help="local mirror DIR/<dataset>/<split>.jsonl (default: $FLAN_DATA_DIR; "
+                             "unset: load from the Hugging Face Hub)")
+
+
+# -- flan tasks --------------------------------------------------------------------------------
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from flan_builder.sources import available_roles, resolve_data_dir
+    from flan_builder.specs import load_registry
+
+    registry = load_registry(args.templates_dir)
+    data_dir = resolve_data_dir(args.data_dir)
+    specs = list(registry.tasks.values())
+    if args.cluster:
+        registry.check_cluster(args.cluster)
+        specs = registry.in_cluster(args.cluster)
+    header = ("task", "cluster", "type", "templates", "inverted", "splits")
+    rows = []
+    for spec in specs:
+        roles = available_roles(spec, data_dir)
+        splits = " ".join(
+            f"{role}={spec.source.splits[role]}" + ("" if ok else "(missing)")
+            for role, ok in roles.items()
+        )
+        rows.append((spec.name, spec.cluster, spec.type, str(len(spec.templates)),
+                     str(sum(t.inverted for t in spec.templates)), splits))
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    clusters = sorted({s.cluster for s in specs})
+    print(f"\n{len(specs)} tasks in {len(clusters)} clusters, "
+          f"{sum(len(s.templates) for s in specs)} templates")
+    return 0
+
+
+# -- flan templates ----------------------------------------------------------------------------
+
+def cmd_templates_show(args: argparse.Namespace) -> int:
+    from flan_builder.sources import load_split, resolve_data_dir
+    from flan_builder.specs import load_registry
+    from flan_builder.templating import TaskRenderer
+
+    registry = load_registry(args.templates_dir)
+    spec = registry.task(args.task)
+    data_dir = resolve_data_dir(args.data_dir)
+    role = args.split or ("train" if "train" in spec.source.splits else "eval")
+    rows = load_split(spec, role, data_dir)
+    if not 0 <= args.row < len(rows):
+        raise FlanError(f"--row {args.row} is out of range: {rows.split} has {len(rows)} rows")
+    row = rows.take([args.row])[0]
+    templates = [spec.template(args.template)] if args.template else list(spec.templates)
+    with_opts = TaskRenderer(spec, with_options=True)
+    without = TaskRenderer(spec, with_options=False)
+    print(f"# {spec.name} ({spec.cluster}, {spec.type}) — {rows.split} row {args.row}, "
+          f"{len(templates)} of {len(spec.templates)} templates")
+    for template in templates:
+        index = spec.templates.index(template)
+        example = with_opts.render(row, index, split=rows.split, row_index=args.row)
+        print(f"\n=== {template.id}{' (inverted)' if template.inverted else ''} ===")
+        print(f"--- prompt{' with OPTIONS' if example.options else ''} ---")
+        print(example.prompt)
+        if example.options:
+            bare = without.render(row, index, split=rows.split, row_index=args.row)
+            print("--- prompt without OPTIONS ---")
+            print(bare.prompt)
+        print("--- completion ---")
+        print(example.target)
+    return 0
+
+
+def cmd_templates_lint(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from flan_builder.lint import lint_rows, lint_static
+    from flan_builder.sources import resolve_data_dir
+    from flan_builder.specs import load_registry
+
+    registry = load_registry(args.templates_dir)
+    data_dir = resolve_data_dir(args.data_dir)
+    specs = [registry.task(t) for t in args.task] if args.task else list(registry.tasks.values())
+    issues = []
+    checked = 0
+    for spec in tqdm(specs, desc="linting", unit="task", leave=False):
+        issues += lint_static(spec, args.min_templates)
+        if not args.no_data:
+            issues += lint_rows(spec, data_dir, args.rows)
+        checked += len(spec.templates)
+    for issue in issues:
+        print(f"lint: {issue}")
+    rows = "no rows" if args.no_data else f"up to {args.rows} rows per split"
+    print(f"{checked} templates in {len(specs)} tasks checked on {rows}: "
+          f"{len(issues)} problem{'s' if len(issues) != 1 else ''}")
+    return 1 if issues else 0
+
+
+# -- flan build --------------------------------------------------------------------------------
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from flan_builder.build import BuildConfig, build
+    from flan_builder.mixing import MixingConfig
+    from flan_builder.sources import resolve_data_dir
+
+    if args.max_templates is not None and args.all_templates is False and args.max_templates < 1:
+        raise FlanError("--max-templates must be at least 1")
+    config = BuildConfig(
+        heldout=args.heldout,
+        out=Path(args.out),
+        data_dir=resolve_data_dir(args.data_dir),
+        seed=args.seed,
+        mixing=MixingConfig(
+            max_per_dataset=args.max_per_dataset,
+            rate_cap=args.rate_cap,
+            total=args.total,
+            all_templates=args.all_templates,
+            max_templates=args.max_templates,
+        ),
+        with_options=not args.no_options,
+        style="messages" if args.as_ == "messages" else "prompt_completion",
+        export_formats=tuple(args.format or ()),
+        tasks=args.tasks,
+        train_clusters=args.train_clusters,
+        max_eval_rows=args.max_eval_rows,
+        num_proc=args.num_proc,
+        overwrite=args.overwrite,
+        templates_dir=args.templates_dir,
+    )
+    result = build(config)
+    manifest = result.manifest
+    for split, counts in manifest["counts"].items():
+        clusters = ", ".join(f"{c} {n:,}" for c, n in counts["per_cluster"].items())
+        print(f"{split}: {counts['total']:,} rows from {len(counts['per_task'])} tasks ({clusters})")
+    if manifest["split_plan"]["blocked_clusters"]:
+        print(f"held out: {manifest['heldout_cluster']}; removed from training: "
+              f"{', '.join(manifest['split_plan']['blocked_clusters'])}")
+    print(f"content hash {manifest['content_hash']['all'][:16]}, {manifest['wall_time_s']} s "
+          f"-> {result.out}")
+    if args.push_to_hub:
+        from flan_builder.publish import push
+
+        url = push(result.out, args.push_to_hub, public=args.public)
+        print(f"published ({'public' if args.public else 'private'}): {url}")
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from flan_builder.publish import push
+    from flan_builder.specs import load_registry
+
+    url = push(Path(args.dataset), args.repo_id, public=args.public,
+               registry=load_registry(args.templates_dir))
+    print(f"published ({'public' if args.public else 'private'}): {url}")
+    return 0
+
+
+# -- parser ------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="flan",
+        description="FLAN-style instruction datasets, held-out-cluster training, zero-shot evaluation.",
+        epilog="examples:\n  flan tasks --data-dir ../shared/data\n"
+               "  flan templates show super_glue_rte --data-dir ../shared/data\n"
+               "  flan templates lint --data-dir ../shared/data\n" + EPILOG_BUILD.split("\n", 1)[1],
+    )
+    parser.add_argument("--version", action="version", version=f"flan-builder {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    tasks = sub.add_parser("tasks", help="list every task: cluster, type, templates, splits",
+                           epilog="example:\n  flan tasks --data-dir ../shared/data --cluster nli",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    tasks.add_argument("--cluster", help="only this cluster")
+    _add_data_dir(tasks)
+    _add_common(tasks)
+    tasks.set_defaults(func=cmd_tasks)
+
+    templates = sub.add_parser("templates", help="show or lint templates")
+    tsub = templates.add_subparsers(dest="templates_command", metavar="ACTION", required=True)
+    show = tsub.add_parser(
+        "show", help="each template rendered on a real row, with and without OPTIONS",
+        epilog="example:\n  flan templates show super_glue_rte --data-dir ../shared/data --row 3",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    show.add_argument("task")
+    show.add_argument("--template", help="only this template id")
+    show.add_argument("--row", type=int, default=0, help="row index in the split (default 0)")
+    show.add_argument("--split", choices=("train", "eval"), help="default: train if present")
+    _add_data_dir(show)
+    _add_common(show)
+    show.set_defaults(func=cmd_templates_show)
+    lint = tsub.add_parser(
+        "lint", help="check every template of every task on real rows (exit 1 on problems)",
+        epilog="example:\n  flan templates lint --data-dir ../shared/data --rows 200",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    lint.add_argument("--task", action="append", help="only this task (repeatable)")
+    lint.add_argument("--rows", type=_positive_int, default=64, help="rows per split (default 64)")
+    lint.add_argument("--min-templates", type=int, default=10)
+    lint.add_argument("--no-data", action="store_true", help="static checks only, load no rows")
+    _add_data_dir(lint)
+    _add_common(lint)
+    lint.set_defaults(func=cmd_templates_lint)
+
+    bld = sub.add_parser("build", help="render, split and mix an instruction dataset",
+                         epilog=EPILOG_BUILD, formatter_class=argparse.RawDescriptionHelpFormatter)
+    bld.add_argument("--heldout", required=True, metavar="CLUSTER",
+                     help="cluster to hold out for zero-shot evaluation, or 'none'")
+    bld.add_argument("--out", required=True, help="output directory (written atomically)")
+    _add_data_dir(bld)
+    bld.add_argument("--seed", type=int, default=0)
+    bld.add_argument("--max-per-dataset", type=_positive_int, default=30_000,
+                     help="distinct training rows per dataset (FLAN: 30,000)")
+    bld.add_argument("--rate-cap", type=_positive_int, default=3_000,
+                     help="examples-proportional mixing-rate cap per dataset (FLAN: 3,000)")
+    bld.add_argument("--total", type=_positive_int, default=None,
+                     help="training examples in all, shared out by mixing rate (default: sum of rates)")
+    bld.add_argument("--all-templates", action="store_true",
+                     help="render every drawn row with every template instead of one drawn at random")
+    bld.add_argument("--max-templates", type=_positive_int, default=None,
+                     help="use only each task's first K templates for training (ablation)")
+    bld.add_argument("--no-options", action="store_true", help="leave out the OPTIONS suffix (ablation)")
+    bld.add_argument("--as", dest="as_", choices=("prompt-completion", "messages"),
+                     default="prompt-completion", help="TRL prompt-completion (default) or conversational")
+    bld.add_argument("--format", action="append", choices=("parquet", "jsonl"),
+                     help="also export each split as parquet / jsonl under data/ (repeatable)")
+    bld.add_argument("--tasks", type=_csv, default=None, help="train only on these tasks (comma list)")
+    bld.add_argument("--train-clusters", type=_csv, default=None,
+                     help="train only on these clusters (ablation: number of clusters)")
+    bld.add_argument("--max-eval-rows", type=_positive_int, default=None,
+                     help="held-out rows per dataset (seeded sample; default all)")
+    bld.add_argument("--num-proc", type=_positive_int, default=1, help="render tasks in N processes")
+    bld.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    bld.add_argument("--push-to-hub", metavar="USER/NAME", help="publish with a dataset card")
+    bld.add_argument("--public", action="store_true", help="publish publicly (default: private)")
+    _add_common(bld)
+    bld.set_defaults(func=cmd_build)
+
+    psh = sub.add_parser("push", help="publish a built dataset with its card (HF_TOKEN from env)",
+                         epilog="example:\n  flan push build/heldout-nli USER/flan-heldout-nli",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    psh.add_argument("dataset")
+    psh.add_argument("repo_id", metavar="USER/NAME")
+    psh.add_argument("--public", action="store_true")
+    _add_common(psh)
+    psh.set_defaults(func=cmd_push)
+
+    for register in _extra_commands():
+        register(sub)
+    return parser
+
+
+def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
+    """Subcommands that live with their own subsystem (training, evaluation)."""
+    return []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except FlanError as exc:
+        print(f"flan {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"flan {args.command}: interrupted; no complete output was left behind",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

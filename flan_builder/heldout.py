@@ -1,0 +1,103 @@
+"""FLAN's held-out split rules: which tasks train and which are the unseen cluster.
+
+- The held-out cluster leaves training whole.
+- Its siblings leave training too: NLI <-> paraphrase (a paraphrase pair is
+  near-entailment), reading comprehension <-> reading comprehension with commonsense.
+- A dataset that sits in more than one cluster leaves training when any of its
+  clusters is held out (or is a sibling of the held-out one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from flan_builder.errors import FlanError
+from flan_builder.specs import Registry, TaskSpec
+
+SIBLINGS: dict[str, frozenset[str]] = {
+    "nli": frozenset({"paraphrase"}),
+    "paraphrase": frozenset({"nli"}),
+    "reading_comprehension": frozenset({"reading_comprehension_with_commonsense"}),
+    "reading_comprehension_with_commonsense": frozenset({"reading_comprehension"}),
+}
+
+NO_HELDOUT = "none"
+
+
+@dataclass
+class SplitPlan:
+    """Which tasks go to the train split, which to the held-out split, and why others do not."""
+
+    heldout: str | None
+    blocked_clusters: list[str]
+    train_tasks: list[TaskSpec]
+    heldout_tasks: list[TaskSpec]
+    excluded: dict[str, str] = field(default_factory=dict)  # task -> reason it is not trained on
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "heldout_cluster": self.heldout,
+            "blocked_clusters": self.blocked_clusters,
+            "train_tasks": [t.name for t in self.train_tasks],
+            "heldout_tasks": [t.name for t in self.heldout_tasks],
+            "excluded_from_train": self.excluded,
+        }
+
+
+def plan_split(
+    registry: Registry,
+    heldout: str | None,
+    *,
+    train_clusters: list[str] | None = None,
+    tasks: list[str] | None = None,
+) -> SplitPlan:
+    """Apply the held-out rules to every task in the registry."""
+    if heldout in (None, NO_HELDOUT):
+        heldout = None
+    else:
+        registry.check_cluster(heldout)
+    blocked = set()
+    if heldout is not None:
+        blocked = {heldout} | set(SIBLINGS.get(heldout, frozenset()))
+    if train_clusters:
+        for cluster in train_clusters:
+            registry.check_cluster(cluster)
+        bad = sorted(set(train_clusters) & blocked)
+        if bad:
+            raise FlanError(f"--train-clusters names {', '.join(bad)}, which the held-out rules "
+                            f"remove when holding out {heldout}; drop it from --train-clusters")
+    wanted = set(tasks) if tasks else None
+    if wanted:
+        for name in wanted:
+            registry.task(name)
+
+    train: list[TaskSpec] = []
+    excluded: dict[str, str] = {}
+    for spec in registry.tasks.values():
+        hit = [c for c in spec.clusters if c in blocked]
+        if hit:
+            if heldout in spec.clusters and spec.cluster == heldout:
+                excluded[spec.name] = "in the held-out cluster"
+            elif heldout in spec.clusters:
+                excluded[spec.name] = f"also in the held-out cluster {heldout}"
+            else:
+                excluded[spec.name] = f"in {hit[0]}, a sibling of the held-out cluster {heldout}"
+            continue
+        if wanted is not None and spec.name not in wanted:
+            excluded[spec.name] = "not in --tasks"
+            continue
+        if train_clusters and not set(spec.clusters) & set(train_clusters):
+            excluded[spec.name] = "not in --train-clusters"
+            continue
+        if "train" not in spec.source.splits:
+            excluded[spec.name] = "no train split (evaluation-only dataset)"
+            continue
+        train.append(spec)
+    evaluated = [] if heldout is None else [
+        s for s in registry.in_cluster(heldout) if "eval" in s.source.splits
+    ]
+    if heldout is not None and not evaluated:
+        raise FlanError(f"held-out cluster {heldout} has no task with an evaluation split")
+    if not train and heldout is None:
+        raise FlanError("no task is left for training; check --tasks / --train-clusters")
+    return SplitPlan(heldout, sorted(blocked), train, evaluated, excluded)

@@ -1,0 +1,49 @@
+"""Manifests: what was run, with what, and a content hash that identifies the result."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import sys
+from collections.abc import Iterable
+from importlib import metadata
+from typing import Any
+
+MANIFEST_NAME = "manifest.json"
+_PACKAGES = ("flan-builder", "datasets", "jinja2", "pyarrow", "huggingface_hub", "pyyaml")
+
+
+def package_versions(extra: Iterable[str] = ()) -> dict[str, str]:
+    """Versions of Python and the packages that shape the output."""
+    versions = {"python": platform.python_version()}
+    for name in (*_PACKAGES, *extra):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def canonical_json(obj: Any) -> str:
+    """One stable text form per value: sorted keys, no spacing choices, UTF-8 kept."""
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def row_hash(row: dict[str, Any]) -> str:
+    """Short stable hash of a source row's content (used to prove held-out rows stay out)."""
+    return hashlib.sha1(canonical_json(row).encode("utf-8")).hexdigest()[:16]
+
+
+def content_hash(rows: Iterable[dict[str, Any]]) -> str:
+    """SHA-256 over the canonical JSON of every row, in order."""
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(canonical_json(row).encode("utf-8"))
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def command_line() -> str:
+    return " ".join(["flan", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("flan") else \
+        " ".join(sys.argv)

@@ -1,0 +1,279 @@
+"""Task specs: one YAML file per dataset under ``templates/<cluster>/<task>.yaml``.
+
+A spec holds the task's metadata (cluster, Hub id and config, local mirror name,
+fields, type, how options and the answer are formed) and its Jinja templates. Specs
+are data; this module only reads and validates them, it never executes them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from flan_builder.errors import FlanError
+
+TASK_TYPES = ("classification", "multiple_choice", "regression", "generation")
+# Types whose non-inverted templates are scored over a closed set of options.
+OPTION_TYPES = ("classification", "multiple_choice", "regression")
+
+# Names the builder puts into every template's context besides the row's own fields.
+RESERVED_NAMES = ("row", "answer_choices", "correct_choice", "correct_index", "references")
+
+TEMPLATES_DIR_ENV = "FLAN_TEMPLATES_DIR"
+
+_SPEC_KEYS = {
+    "task", "cluster", "also_in", "type", "source", "license", "license_note",
+    "fields", "options", "answer", "references", "notes", "templates",
+}
+_SOURCE_KEYS = {"hub_id", "config", "mirror", "splits", "revision"}
+_TEMPLATE_KEYS = {"id", "input", "target", "inverted", "options", "answer", "references"}
+
+
+@dataclass(frozen=True)
+class TemplateSpec:
+    """One phrasing of a task: Jinja for the input and the target."""
+
+    id: str
+    input: str
+    target: str | None
+    inverted: bool = False
+    options: tuple[str, ...] | str | None = None  # overrides the task's options
+    answer: str | None = None  # overrides the task's answer expression
+    references: str | None = None  # overrides the task's references expression
+    line: int = 0  # line of the template's entry in its YAML file
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """Where a task's rows come from: the Hub, or a local mirror of it."""
+
+    hub_id: str
+    config: str | None
+    mirror: str
+    splits: dict[str, str]  # role ("train" / "eval") -> split name
+    revision: str | None = None
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A dataset turned into an instruction task."""
+
+    name: str
+    cluster: str
+    type: str
+    source: SourceSpec
+    fields: tuple[str, ...]
+    templates: tuple[TemplateSpec, ...]
+    path: Path
+    also_in: tuple[str, ...] = ()
+    license: str = "unknown"
+    license_note: str = ""
+    options: tuple[str, ...] | str | None = None  # a static list, or a Jinja expression
+    answer: str | None = None  # Jinja expression giving the index of the correct option
+    references: str | None = None  # Jinja expression giving a list of reference strings
+    notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def clusters(self) -> tuple[str, ...]:
+        """Every cluster the task belongs to (its own first)."""
+        return (self.cluster, *self.also_in)
+
+    @property
+    def has_options(self) -> bool:
+        return self.type in OPTION_TYPES
+
+    def template(self, template_id: str) -> TemplateSpec:
+        for template in self.templates:
+            if template.id == template_id:
+                return template
+        known = ", ".join(t.id for t in self.templates)
+        raise FlanError(f"task {self.name}: no template {template_id!r} (templates: {known})")
+
+
+class _LineLoader(yaml.SafeLoader):
+    """A YAML loader that records the line of each mapping, for error messages."""
+
+
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[str, Any]:
+    mapping = loader.construct_mapping(node, deep=True)
+    mapping["__line__"] = node.start_mark.line + 1
+    return mapping
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def default_templates_dir() -> Path:
+    """``$FLAN_TEMPLATES_DIR``, else the ``templates/`` folder of this checkout."""
+    env = os.environ.get(TEMPLATES_DIR_ENV)
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "templates"
+
+
+def _fail(path: Path, line: int | None, message: str) -> FlanError:
+    where = f"{path}:{line}" if line else str(path)
+    return FlanError(f"{where}: {message}")
+
+
+def _check_keys(path: Path, data: dict[str, Any], allowed: set[str], what: str) -> None:
+    unknown = sorted(k for k in data if k not in allowed and k != "__line__")
+    if unknown:
+        raise _fail(
+            path, data.get("__line__"),
+            f"unknown key(s) {', '.join(unknown)} in {what} (allowed: {', '.join(sorted(allowed))})",
+        )
+
+
+def _options_value(path: Path, line: int, value: Any) -> tuple[str, ...] | str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and value and all(isinstance(v, (str, int, float)) for v in value):
+        return tuple(str(v) for v in value)
+    raise _fail(path, line, "'options' must be a non-empty list of strings or a Jinja expression")
+
+
+def _parse_template(path: Path, task: str, data: Any, index: int) -> TemplateSpec:
+    if not isinstance(data, dict):
+        raise _fail(path, None, f"task {task}: template #{index + 1} is not a mapping")
+    line = data.get("__line__", 0)
+    _check_keys(path, data, _TEMPLATE_KEYS, f"template #{index + 1} of task {task}")
+    template_id = data.get("id")
+    if not isinstance(template_id, str) or not template_id:
+        raise _fail(path, line, f"task {task}: template #{index + 1} has no 'id'")
+    text = data.get("input")
+    if not isinstance(text, str) or not text.strip():
+        raise _fail(path, line, f"task {task}, template {template_id}: 'input' is missing or empty")
+    target = data.get("target")
+    if target is not None and not isinstance(target, str):
+        raise _fail(path, line, f"task {task}, template {template_id}: 'target' must be a string")
+    inverted = data.get("inverted", False)
+    if not isinstance(inverted, bool):
+        raise _fail(path, line, f"task {task}, template {template_id}: 'inverted' must be true/false")
+    return TemplateSpec(
+        id=template_id,
+        input=text,
+        target=target,
+        inverted=inverted,
+        options=_options_value(path, line, data.get("options")),
+        answer=data.get("answer"),
+        references=data.get("references"),
+        line=line,
+    )
+
+
+def load_spec(path: Path) -> TaskSpec:
+    """Read and validate one task spec file."""
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_LineLoader)  # noqa: S506
+    except yaml.YAMLError as exc:
+        raise _fail(path, None, f"not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise _fail(path, None, "a task spec must be a YAML mapping")
+    _check_keys(path, data, _SPEC_KEYS, "task spec")
+    for key in ("task", "cluster", "type", "source", "fields", "templates"):
+        if key not in data:
+            raise _fail(path, data.get("__line__"), f"missing required key '{key}'")
+    name = data["task"]
+    if data["type"] not in TASK_TYPES:
+        raise _fail(path, None, f"task {name}: type must be one of {', '.join(TASK_TYPES)}")
+    source = data["source"]
+    if not isinstance(source, dict):
+        raise _fail(path, None, f"task {name}: 'source' must be a mapping")
+    _check_keys(path, source, _SOURCE_KEYS, f"source of task {name}")
+    splits = {k: v for k, v in (source.get("splits") or {}).items() if k != "__line__"}
+    if not splits or set(splits) - {"train", "eval"}:
+        raise _fail(path, source.get("__line__"), f"task {name}: source.splits needs 'train' and/or 'eval'")
+    fields = data["fields"]
+    if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
+        raise _fail(path, None, f"task {name}: 'fields' must be a list of field names")
+    clash = sorted(set(fields) & set(RESERVED_NAMES))
+    if clash:
+        raise _fail(path, None, f"task {name}: field(s) {clash} clash with builder names {RESERVED_NAMES}")
+    templates = data["templates"]
+    if not isinstance(templates, list) or not templates:
+        raise _fail(path, None, f"task {name}: 'templates' must be a non-empty list")
+    spec = TaskSpec(
+        name=name,
+        cluster=data["cluster"],
+        also_in=tuple(data.get("also_in") or ()),
+        type=data["type"],
+        source=SourceSpec(
+            hub_id=source.get("hub_id", ""),
+            config=source.get("config"),
+            mirror=source.get("mirror", name),
+            splits=splits,
+            revision=source.get("revision"),
+        ),
+        fields=tuple(fields),
+        templates=tuple(_parse_template(path, name, t, i) for i, t in enumerate(templates)),
+        path=path,
+        license=str(data.get("license", "unknown")),
+        license_note=str(data.get("license_note", "")),
+        options=_options_value(path, data.get("__line__", 0), data.get("options")),
+        answer=data.get("answer"),
+        references=data.get("references"),
+        notes=str(data.get("notes", "")).strip(),
+    )
+    if spec.has_options and spec.options is None:
+        raise _fail(path, None, f"task {name}: a {spec.type} task needs 'options'")
+    if spec.has_options and spec.answer is None:
+        raise _fail(path, None, f"task {name}: a {spec.type} task needs 'answer'")
+    if spec.type == "generation" and spec.references is None:
+        raise _fail(path, None, f"task {name}: a generation task needs 'references'")
+    return spec
+
+
+@dataclass(frozen=True)
+class Registry:
+    """Every task found under a templates directory, keyed by name."""
+
+    tasks: dict[str, TaskSpec]
+    root: Path
+
+    @property
+    def clusters(self) -> list[str]:
+        return sorted({c for spec in self.tasks.values() for c in spec.clusters})
+
+    def task(self, name: str) -> TaskSpec:
+        if name not in self.tasks:
+            raise FlanError(f"unknown task {name!r}; valid tasks: {', '.join(sorted(self.tasks))}")
+        return self.tasks[name]
+
+    def in_cluster(self, cluster: str) -> list[TaskSpec]:
+        return [s for s in self.tasks.values() if cluster in s.clusters]
+
+    def check_cluster(self, cluster: str) -> str:
+        if cluster not in self.clusters:
+            raise FlanError(
+                f"unknown cluster {cluster!r}; valid clusters: {', '.join(self.clusters)}"
+            )
+        return cluster
+
+
+def load_registry(root: Path | None = None) -> Registry:
+    """Discover and validate every ``<cluster>/<task>.yaml`` under ``root``."""
+    root = Path(root) if root is not None else default_templates_dir()
+    if not root.is_dir():
+        raise FlanError(
+            f"templates directory {root} not found; pass --templates-dir or set {TEMPLATES_DIR_ENV}"
+        )
+    tasks: dict[str, TaskSpec] = {}
+    for path in sorted(root.glob("*/*.yaml")):
+        spec = load_spec(path)
+        if spec.cluster != path.parent.name:
+            raise _fail(path, None, f"task {spec.name}: cluster {spec.cluster!r} but the file is "
+                        f"under {path.parent.name}/; move the file or fix 'cluster'")
+        if spec.name in tasks:
+            raise _fail(path, None, f"task {spec.name} is also defined in {tasks[spec.name].path}")
+        tasks[spec.name] = spec
+    if not tasks:
+        raise FlanError(f"no task specs (<cluster>/<task>.yaml) found under {root}")
+    return Registry(tasks=dict(sorted(tasks.items())), root=root)
