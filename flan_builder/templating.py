@@ -167,7 +167,7 @@ class TaskRenderer:
                     f"{where}: options expression {options_expr.source!r} gave {value!r}, "
                     "not a non-empty list; fix 'options' in the spec"
                 )
-            options = [str(v) for v in value]
+            options = [str(v).strip() for v in value]  # data has stray spaces (piqa)
         answer_expr = compiled.answer if compiled and compiled.answer else self.answer
         assert answer_expr is not None
         raw = answer_expr(ctx)
