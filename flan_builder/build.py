@@ -6,6 +6,7 @@ Phases: plan the split (held-out rules) -> load each task's rows -> decide count
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
@@ -322,7 +323,8 @@ def build(config: BuildConfig, registry: Registry | None = None) -> BuildResult:
         "templates": {
             spec.name: {"count": len(spec.templates),
                         "inverted": sum(t.inverted for t in spec.templates),
-                        "file": str(spec.path.relative_to(registry.root))}
+                        "file": str(spec.path.relative_to(registry.root)),
+                        "sha256": hashlib.sha256(spec.path.read_bytes()).hexdigest()}
             for spec in {s.name: s for s in plan.train_tasks + plan.heldout_tasks}.values()
         },
         "counts": {name: _counts(rows) for name, rows in splits.items()},

@@ -134,7 +134,7 @@ def cmd_templates_lint(args: argparse.Namespace) -> int:
     issues = []
     checked = 0
     for spec in tqdm(specs, desc="linting", unit="task", leave=False):
-        issues += lint_static(spec, args.min_templates)
+        issues += lint_static(spec, args.min_templates, args.min_inverted)
         if not args.no_data:
             issues += lint_rows(spec, data_dir, args.rows)
         checked += len(spec.templates)
@@ -181,7 +181,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     manifest = result.manifest
     for split, counts in manifest["counts"].items():
         clusters = ", ".join(f"{c} {n:,}" for c, n in counts["per_cluster"].items())
-        print(f"{split}: {counts['total']:,} rows from {len(counts['per_task'])} tasks ({clusters})")
+        tasks = len(counts["per_task"])
+        print(f"{split}: {counts['total']:,} rows from {tasks} task{'s' if tasks != 1 else ''} "
+              f"({clusters})")
     if manifest["split_plan"]["blocked_clusters"]:
         print(f"held out: {manifest['heldout_cluster']}; removed from training: "
               f"{', '.join(manifest['split_plan']['blocked_clusters'])}")
@@ -245,7 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     lint.add_argument("--task", action="append", help="only this task (repeatable)")
     lint.add_argument("--rows", type=_positive_int, default=64, help="rows per split (default 64)")
-    lint.add_argument("--min-templates", type=int, default=10)
+    lint.add_argument("--min-templates", type=int, default=10, help="default 10 (FLAN)")
+    lint.add_argument("--min-inverted", type=int, default=2,
+                      help="inverted (turned-around) templates required per task (default 2)")
     lint.add_argument("--no-data", action="store_true", help="static checks only, load no rows")
     _add_data_dir(lint)
     _add_common(lint)

@@ -48,16 +48,18 @@ def _normalise(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().lower()
 
 
-def lint_static(spec: TaskSpec, min_templates: int = MIN_TEMPLATES) -> list[LintIssue]:
+def lint_static(
+    spec: TaskSpec, min_templates: int = MIN_TEMPLATES, min_inverted: int = MIN_INVERTED
+) -> list[LintIssue]:
     """Checks that need no data: counts, duplicates, escape artefacts, syntax."""
     issues: list[LintIssue] = []
     if len(spec.templates) < min_templates:
-        issues.append(LintIssue(spec.name, None, f"only {len(spec.templates)} templates; "
+        issues.append(LintIssue(spec.name, None, f"only {len(spec.templates)} template(s); "
                                 f"at least {min_templates} are required"))
     inverted = sum(t.inverted for t in spec.templates)
-    if inverted < MIN_INVERTED:
-        issues.append(LintIssue(spec.name, None, f"only {inverted} inverted templates; "
-                                f"at least {MIN_INVERTED} are required"))
+    if inverted < min_inverted:
+        issues.append(LintIssue(spec.name, None, f"only {inverted} inverted template(s); "
+                                f"at least {min_inverted} are required"))
     seen_ids: set[str] = set()
     seen_text: dict[str, str] = {}
     for template in spec.templates:

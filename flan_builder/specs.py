@@ -146,6 +146,9 @@ def _parse_template(path: Path, task: str, data: Any, index: int) -> TemplateSpe
     line = data.get("__line__", 0)
     _check_keys(path, data, _TEMPLATE_KEYS, f"template #{index + 1} of task {task}")
     template_id = data.get("id")
+    if isinstance(template_id, (bool, int, float)):
+        raise _fail(path, line, f"task {task}: template #{index + 1} has id {template_id!r}, "
+                    "not a string (YAML reads yes/no/on/off and numbers as such); quote it")
     if not isinstance(template_id, str) or not template_id:
         raise _fail(path, line, f"task {task}: template #{index + 1} has no 'id'")
     text = data.get("input")

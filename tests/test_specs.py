@@ -1,0 +1,99 @@
+"""Task specs: every real dataset has one, in its MANIFEST cluster, with enough phrasings."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from flan_builder.errors import FlanError
+from flan_builder.specs import load_registry, load_spec
+from tests.conftest import SHARED_DATA, TEMPLATES, requires_shared_data, write_spec
+
+
+@requires_shared_data
+def test_every_shared_dataset_has_a_spec_in_its_manifest_cluster(registry):
+    manifest = json.loads((SHARED_DATA / "MANIFEST.json").read_text())
+    included = [d for d in manifest if d["status"] == "included"]
+    assert len(included) == 32
+    by_mirror = {spec.source.mirror: spec for spec in registry.tasks.values()}
+    for entry in included:
+        spec = by_mirror.get(entry["id"])
+        assert spec is not None, f"no spec for {entry['id']}"
+        assert spec.cluster == entry["cluster"], entry["id"]
+        assert spec.path.parent.name == entry["cluster"]
+        # The spec's splits are the files that exist in the mirror.
+        files = {f.removesuffix(".jsonl") for f in entry["files"]}
+        assert set(spec.source.splits.values()) == files, entry["id"]
+        assert spec.source.hub_id.split(" ")[0] in entry["hf_equivalent"]["hub_id"]
+
+
+def test_every_task_has_ten_templates_and_two_inverted(registry):
+    assert len(registry.tasks) >= 32
+    for spec in registry.tasks.values():
+        assert len(spec.templates) >= 10, spec.name
+        assert sum(t.inverted for t in spec.templates) >= 2, spec.name
+
+
+def test_option_tasks_never_write_options_into_templates(registry):
+    # The OPTIONS suffix is one switch in the builder; a template that spells it out
+    # would show it twice, or keep it in the no-options ablation.
+    for spec in registry.tasks.values():
+        for template in spec.templates:
+            assert "OPTIONS" not in template.input, (spec.name, template.id)
+
+
+def test_unknown_key_is_named(tmp_path):
+    path = write_spec(tmp_path, "nli", "bad", """
+task: bad
+cluster: nli
+type: classification
+source: {hub_id: x/y, mirror: bad, splits: {train: train}}
+fields: [a, label]
+options: ["yes", "no"]
+answer: label
+templatse: []
+templates:
+  - {id: t1, input: "{{ a }}"}
+""")
+    with pytest.raises(FlanError, match="unknown key.*templatse"):
+        load_spec(path)
+
+
+def test_missing_answer_for_classification_is_an_error(tmp_path):
+    path = write_spec(tmp_path, "nli", "bad", """
+task: bad
+cluster: nli
+type: classification
+source: {hub_id: x/y, mirror: bad, splits: {train: train}}
+fields: [a, label]
+options: ["yes", "no"]
+templates:
+  - {id: t1, input: "{{ a }}"}
+""")
+    with pytest.raises(FlanError, match="needs 'answer'"):
+        load_spec(path)
+
+
+def test_spec_in_wrong_cluster_folder_is_an_error(tmp_path):
+    write_spec(tmp_path, "sentiment", "bad", """
+task: bad
+cluster: nli
+type: generation
+source: {hub_id: x/y, mirror: bad, splits: {train: train}}
+fields: [a]
+references: "[a]"
+templates:
+  - {id: t1, input: "{{ a }}"}
+""")
+    with pytest.raises(FlanError, match="under sentiment/"):
+        load_registry(tmp_path)
+
+
+def test_registry_lists_eleven_clusters(registry):
+    assert registry.clusters == sorted([
+        "closed_book_qa", "commonsense", "coreference", "nli", "paraphrase",
+        "reading_comprehension", "sentiment", "struct_to_text", "summarization",
+        "topic_classification_misc", "translation",
+    ])
+    assert registry.root == TEMPLATES
