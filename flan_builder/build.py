@@ -15,8 +15,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from flan_builder.atomic import atomic_directory, check_output_free, write_json_atomic
 from flan_builder.errors import FlanError
 from flan_builder.heldout import SplitPlan, plan_split
@@ -35,6 +33,7 @@ from flan_builder.mixing import (
     pool_indices,
     task_rng,
 )
+from flan_builder.progress import progress
 from flan_builder.sources import Rows, load_split
 from flan_builder.specs import Registry, TaskSpec, load_registry
 from flan_builder.templating import DEFAULT_SEPARATOR, RenderedExample, TaskRenderer
@@ -147,8 +146,9 @@ class _TaskJob:
     style: str
 
 
-def _render_job(job: _TaskJob) -> list[dict[str, Any]]:
-    renderer = TaskRenderer(job.spec, with_options=job.with_options, separator=job.separator)
+def _render_job(job: _TaskJob, renderer: TaskRenderer | None = None) -> list[dict[str, Any]]:
+    if renderer is None:  # in a worker process: compile there (compiled templates don't pickle)
+        renderer = TaskRenderer(job.spec, with_options=job.with_options, separator=job.separator)
     records = []
     for row, index, template_indices in zip(job.rows, job.indices, job.templates, strict=True):
         source_hash = row_hash({k: row[k] for k in job.spec.fields})
@@ -216,20 +216,21 @@ def _heldout_jobs(
     return jobs, sizes
 
 
-def _run_jobs(jobs: list[_TaskJob], num_proc: int, desc: str) -> dict[str, list[dict[str, Any]]]:
+def _run_jobs(
+    jobs: list[_TaskJob], num_proc: int, desc: str, renderers: dict[str, TaskRenderer]
+) -> dict[str, list[dict[str, Any]]]:
     results: dict[str, list[dict[str, Any]]] = {}
-    bar = tqdm(total=len(jobs), desc=desc, unit="task", leave=False)
-    if num_proc > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=num_proc) as pool:
-            for job, records in zip(jobs, pool.map(_render_job, jobs), strict=True):
-                results[job.spec.name] = records
+    with progress(total=len(jobs), desc=desc, unit="task") as bar:
+        if num_proc > 1 and len(jobs) > 1:
+            with ProcessPoolExecutor(max_workers=num_proc) as pool:
+                for job, records in zip(jobs, pool.map(_render_job, jobs), strict=True):
+                    results[job.spec.name] = records
+                    bar.update()
+        else:
+            for job in jobs:
+                bar.set_postfix_str(job.spec.name)
+                results[job.spec.name] = _render_job(job, renderers[job.spec.name])
                 bar.update()
-    else:
-        for job in jobs:
-            bar.set_postfix_str(job.spec.name)
-            results[job.spec.name] = _render_job(job)
-            bar.update()
-    bar.close()
     return results
 
 
@@ -248,8 +249,9 @@ def _counts(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _load_all(specs: list[TaskSpec], role: str, data_dir: Path | None) -> dict[str, Rows]:
     loaded = {}
-    for spec in tqdm(specs, desc=f"loading {role} splits", unit="task", leave=False):
-        loaded[spec.name] = load_split(spec, role, data_dir)
+    with progress(specs, desc=f"loading {role} splits", unit="task") as bar:
+        for spec in bar:
+            loaded[spec.name] = load_split(spec, role, data_dir)
     return loaded
 
 
@@ -276,15 +278,17 @@ def build(config: BuildConfig, registry: Registry | None = None) -> BuildResult:
     plan = plan_split(registry, config.heldout, train_clusters=config.train_clusters,
                       tasks=config.tasks)
     # Compile every template before loading any data: a syntax error should fail in seconds.
-    for spec in {s.name: s for s in plan.train_tasks + plan.heldout_tasks}.values():
-        TaskRenderer(spec)
+    renderers = {
+        spec.name: TaskRenderer(spec, with_options=config.with_options, separator=config.separator)
+        for spec in plan.train_tasks + plan.heldout_tasks
+    }
 
     train_rows = _load_all(plan.train_tasks, "train", config.data_dir)
     heldout_rows = _load_all(plan.heldout_tasks, "eval", config.data_dir)
     train_jobs, train_sizes = _train_jobs(plan, train_rows, config)
     heldout_jobs, heldout_sizes = _heldout_jobs(plan, heldout_rows, config)
-    rendered_train = _run_jobs(train_jobs, config.num_proc, "rendering train")
-    rendered_heldout = _run_jobs(heldout_jobs, config.num_proc, "rendering heldout")
+    rendered_train = _run_jobs(train_jobs, config.num_proc, "rendering train", renderers)
+    rendered_heldout = _run_jobs(heldout_jobs, config.num_proc, "rendering heldout", renderers)
 
     train = [r for job in train_jobs for r in rendered_train[job.spec.name]]
     task_rng(config.seed, "*", "shuffle").shuffle(train)
@@ -338,12 +342,20 @@ def _write(
     config: BuildConfig, splits: dict[str, list[dict[str, Any]]], manifest: dict[str, Any],
     started: float,
 ) -> None:
-    from datasets import Dataset, DatasetDict
+    import pyarrow as pa
+    from datasets import Dataset, DatasetDict, DatasetInfo
+    from datasets.table import InMemoryTable
 
     features = _features(config.style)
     with atomic_directory(Path(config.out), overwrite=config.overwrite) as tmp:
+        # Rows already have the schema's types, so build Arrow tables directly:
+        # Dataset.from_list would re-encode every value through Features (most of the write time).
         dataset = DatasetDict({
-            name: Dataset.from_list(rows, features=features) for name, rows in splits.items()
+            name: Dataset(
+                InMemoryTable(pa.Table.from_pylist(rows, schema=features.arrow_schema)),
+                info=DatasetInfo(features=features),
+            )
+            for name, rows in splits.items()
         })
         dataset.save_to_disk(str(tmp))
         for fmt in config.export_formats:

@@ -84,7 +84,7 @@ def render_card(manifest: dict[str, Any], registry: Registry) -> str:
         f"- **Held-out cluster:** {manifest['heldout_cluster'] or 'none (train-only mixture)'}",
         f"- **Removed from training by the held-out rules:** "
         f"{', '.join(plan['blocked_clusters']) or 'nothing'}",
-        f"- **Rows:** " + ", ".join(f"{name} {c['total']:,}" for name, c in counts.items()),
+        "- **Rows:** " + ", ".join(f"{name} {c['total']:,}" for name, c in counts.items()),
         f"- **Format:** {manifest['style']} (columns `prompt`, `completion`, plus `task`, "
         "`cluster`, `template_id`, `inverted`, `options`, `answer_index`, `references`)",
         f"- **OPTIONS suffix:** {'on' if manifest['with_options'] else 'off'}",
@@ -114,12 +114,11 @@ def render_card(manifest: dict[str, Any], registry: Registry) -> str:
         spec = registry.tasks[name]
         note = f": {spec.license_note}" if spec.license_note else ""
         lines.append(f"- {name}: `{spec.license}`{note}")
-    config = manifest["config"]
+    mixing = manifest["config"]["mixing"]
+    drawing = "every template per row" if mixing["all_templates"] else "one template drawn per row"
+    total = f", total {mixing['total']:,}" if mixing["total"] else ""
     lines += ["", "## How it was built", "", "```", manifest["command"], "```", "",
-              f"seed {manifest['seed']}, at most {config['mixing']['max_per_dataset']:,} rows per "
-              f"dataset, mixing-rate cap {config['mixing']['rate_cap']:,}, "
-              f"{'every template per row' if config['mixing']['all_templates'] else 'one template drawn per row'}"
-              f"{', total ' + format(config['mixing']['total'], ',') if config['mixing']['total'] else ''}."
-              " The full configuration, package versions and per-template counts are in "
-              "`manifest.json` beside this card.", ""]
+              f"seed {manifest['seed']}, at most {mixing['max_per_dataset']:,} rows per dataset, "
+              f"mixing-rate cap {mixing['rate_cap']:,}, {drawing}{total}. The full configuration, "
+              "package versions and per-template counts are in `manifest.json` beside this card.", ""]
     return "\n".join(lines)

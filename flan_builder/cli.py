@@ -122,9 +122,8 @@ def cmd_templates_show(args: argparse.Namespace) -> int:
 
 
 def cmd_templates_lint(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
     from flan_builder.lint import lint_rows, lint_static
+    from flan_builder.progress import progress
     from flan_builder.sources import resolve_data_dir
     from flan_builder.specs import load_registry
 
@@ -133,11 +132,12 @@ def cmd_templates_lint(args: argparse.Namespace) -> int:
     specs = [registry.task(t) for t in args.task] if args.task else list(registry.tasks.values())
     issues = []
     checked = 0
-    for spec in tqdm(specs, desc="linting", unit="task", leave=False):
-        issues += lint_static(spec, args.min_templates, args.min_inverted)
-        if not args.no_data:
-            issues += lint_rows(spec, data_dir, args.rows)
-        checked += len(spec.templates)
+    with progress(specs, desc="linting", unit="task") as bar:
+        for spec in bar:
+            issues += lint_static(spec, args.min_templates, args.min_inverted)
+            if not args.no_data:
+                issues += lint_rows(spec, data_dir, args.rows)
+            checked += len(spec.templates)
     for issue in issues:
         print(f"lint: {issue}")
     rows = "no rows" if args.no_data else f"up to {args.rows} rows per split"

@@ -25,9 +25,12 @@ def package_versions(extra: Iterable[str] = ()) -> dict[str, str]:
     return versions
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
 def canonical_json(obj: Any) -> str:
     """One stable text form per value: sorted keys, no spacing choices, UTF-8 kept."""
-    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return _CANONICAL.encode(obj)
 
 
 def row_hash(row: dict[str, Any]) -> str:

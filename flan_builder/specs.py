@@ -33,7 +33,7 @@ _SOURCE_KEYS = {"hub_id", "config", "mirror", "splits", "revision"}
 _TEMPLATE_KEYS = {"id", "input", "target", "inverted", "options", "answer", "references"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TemplateSpec:
     """One phrasing of a task: Jinja for the input and the target."""
 
@@ -45,6 +45,7 @@ class TemplateSpec:
     answer: str | None = None  # overrides the task's answer expression
     references: str | None = None  # overrides the task's references expression
     line: int = 0  # line of the template's entry in its YAML file
+    part_lines: dict[str, int] = field(default_factory=dict)  # "input"/"target" -> first line
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,12 @@ class _LineLoader(yaml.SafeLoader):
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[str, Any]:
     mapping = loader.construct_mapping(node, deep=True)
     mapping["__line__"] = node.start_mark.line + 1
+    # Where each string value's text starts (a block scalar's text starts below its '|').
+    mapping["__lines__"] = {
+        key.value: value.start_mark.line + 1 + (1 if getattr(value, "style", None) in ("|", ">") else 0)
+        for key, value in node.value
+        if isinstance(key, yaml.ScalarNode)
+    }
     return mapping
 
 
@@ -122,7 +129,7 @@ def _fail(path: Path, line: int | None, message: str) -> FlanError:
 
 
 def _check_keys(path: Path, data: dict[str, Any], allowed: set[str], what: str) -> None:
-    unknown = sorted(k for k in data if k not in allowed and k != "__line__")
+    unknown = sorted(k for k in data if k not in allowed and k not in ("__line__", "__lines__"))
     if unknown:
         raise _fail(
             path, data.get("__line__"),
@@ -169,6 +176,7 @@ def _parse_template(path: Path, task: str, data: Any, index: int) -> TemplateSpe
         answer=data.get("answer"),
         references=data.get("references"),
         line=line,
+        part_lines={k: v for k, v in data.get("__lines__", {}).items() if k in ("input", "target")},
     )
 
 
@@ -191,7 +199,7 @@ def load_spec(path: Path) -> TaskSpec:
     if not isinstance(source, dict):
         raise _fail(path, None, f"task {name}: 'source' must be a mapping")
     _check_keys(path, source, _SOURCE_KEYS, f"source of task {name}")
-    splits = {k: v for k, v in (source.get("splits") or {}).items() if k != "__line__"}
+    splits = {k: v for k, v in (source.get("splits") or {}).items() if not k.startswith("__")}
     if not splits or set(splits) - {"train", "eval"}:
         raise _fail(path, source.get("__line__"), f"task {name}: source.splits needs 'train' and/or 'eval'")
     fields = data["fields"]

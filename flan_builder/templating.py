@@ -21,6 +21,8 @@ from flan_builder.errors import FlanError
 from flan_builder.specs import TaskSpec, TemplateSpec
 
 DEFAULT_SEPARATOR = "\n\n"
+# Joins input and target into one compiled template so a row costs one render, not two.
+_JOINT = "\x1e\x1f"
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -72,8 +74,17 @@ class _Expression:
             self._call: Callable[[Mapping[str, Any]], Any] = lambda ctx: ctx[name]
             self._name: str | None = name
         else:
-            compiled = env.compile_expression(self.source, undefined_to_none=False)
-            self._call = lambda ctx: compiled(**ctx)
+            env.compile_expression(self.source)  # validates: one expression, nothing after it
+            # Evaluated like compile_expression does, but on the shared context (no copy).
+            template = env.from_string("{% set result = (" + self.source + ") %}")
+
+            def evaluate(ctx: Mapping[str, Any]) -> Any:
+                context = template.new_context(ctx, shared=True)
+                for _ in template.root_render_func(context):
+                    pass
+                return context.vars["result"]
+
+            self._call = evaluate
             self._name = None
 
     def __call__(self, ctx: Mapping[str, Any]) -> Any:
@@ -91,13 +102,13 @@ class _CompiledTemplate:
         self.spec = template
         where = f"{spec.path}:{template.line} (task {spec.name}, template {template.id}"
         try:
-            self.input = env.from_string(template.input)
             target = template.target
             if target is None:
                 if template.inverted:
                     raise FlanError(f"{where}): an inverted template needs a 'target'")
                 target = "{{ correct_choice }}" if spec.has_options else "{{ references[0] }}"
-            self.target = env.from_string(target)
+            self._target_source = target
+            self.joint = env.from_string(template.input + _JOINT + target)
             self.options = (
                 _Expression(env, template.options) if isinstance(template.options, str) else None
             )
@@ -108,11 +119,33 @@ class _CompiledTemplate:
             self.references = (
                 _Expression(env, template.references) if template.references else None
             )
-        except jinja2.TemplateSyntaxError as exc:
-            part = "target" if exc.source == template.target else "input"
-            raise FlanError(
-                f"{where}, line {exc.lineno} of its {part}): template syntax error: {exc.message}"
-            ) from None
+        except jinja2.TemplateSyntaxError:
+            # Compile the parts alone to say which one is broken and on which of its lines.
+            for part, source in (("input", template.input), ("target", template.target or "")):
+                try:
+                    env.from_string(source)
+                except jinja2.TemplateSyntaxError as exc:
+                    start = template.part_lines.get(part)
+                    file_line = start + exc.lineno - 1 if start else template.line
+                    raise FlanError(f"{spec.path}:{file_line} (task {spec.name}, template "
+                                    f"{template.id}, line {exc.lineno} of its {part}): "
+                                    f"template syntax error: {exc.message}") from None
+            raise FlanError(f"{where}): template syntax error across input and target "
+                            "(a block opened in one and closed in the other?)") from None
+        self._env = env
+
+    def render_pair(self, ctx: dict[str, Any]) -> tuple[str, str]:
+        """Input and target in one pass over a shared context (which already holds the globals).
+
+        ``Template.render`` copies the context and merges the globals on every call, which
+        costs more than rendering these short templates does.
+        """
+        joint = self.joint
+        parts = "".join(joint.root_render_func(joint.new_context(ctx, shared=True))).split(_JOINT)
+        if len(parts) != 2:  # the row's own text holds the joint marker: render separately
+            return (self._env.from_string(self.spec.input).render(ctx),
+                    self._env.from_string(self._target_source).render(ctx))
+        return parts[0], parts[1]
 
     @property
     def needs_own_context(self) -> bool:
@@ -146,6 +179,7 @@ class TaskRenderer:
             raise FlanError(f"{where}: syntax error in an options/answer/references expression: "
                             f"{exc.message}") from None
         self.templates = [_CompiledTemplate(self.env, spec, t) for t in spec.templates]
+        self.globals = dict(self.env.globals)  # range, dict, ... (render_pair bypasses them)
         self.template_ids = [t.id for t in spec.templates]
 
     # -- context ---------------------------------------------------------------------------
@@ -216,8 +250,8 @@ class TaskRenderer:
                 ctx = self.context(row, compiled, where)
             else:
                 ctx = base_context
-            text = compiled.input.render(ctx).strip()
-            target = compiled.target.render(ctx).strip()
+            text, target = compiled.render_pair(ctx)
+            text, target = text.strip(), target.strip()
             if self.spec.has_options and not template.inverted:
                 options = ctx["answer_choices"]
                 answer_index = ctx["correct_index"]
@@ -254,7 +288,7 @@ class TaskRenderer:
         self, row: Mapping[str, Any], compiled: _CompiledTemplate | None = None, where: str = ""
     ) -> dict[str, Any]:
         """The names a template sees: the row's fields, ``row`` itself, and the answer choices."""
-        ctx: dict[str, Any] = dict(row)
+        ctx: dict[str, Any] = {**self.globals, **row}
         ctx["row"] = row
         where = where or f"task {self.spec.name}"
         try:

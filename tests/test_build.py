@@ -20,7 +20,6 @@ from flan_builder.errors import FlanError
 from flan_builder.manifest import content_hash, row_hash
 from flan_builder.mixing import MixingConfig
 from flan_builder.sources import load_split
-from flan_builder.specs import load_registry
 from tests.conftest import (
     FIXTURE_DATA,
     FIXTURE_TEMPLATES,
@@ -195,7 +194,8 @@ def test_killed_build_leaves_no_complete_looking_output(tmp_path):
     env = {**os.environ, "TQDM_DISABLE": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "flan_builder.cli", "build", "--heldout", "none", "--data-dir",
-         str(SHARED_DATA), "--out", str(out), "--all-templates", "--format", "jsonl"],
+         str(SHARED_DATA), "--out", str(out), "--all-templates", "--rate-cap", "1000",
+         "--format", "jsonl"],
         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 240

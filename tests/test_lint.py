@@ -20,7 +20,7 @@ answer: label
 templates:
 """
 GOOD = [
-    '  - {{id: g{i}, input: "Premise number {i}: {{{{ premise }}}}. True?"}}'.format(i=i)
+    f'  - {{id: g{i}, input: "Premise number {i}: {{{{ premise }}}}. True?"}}'
     for i in range(10)
 ] + [
     '  - {id: inv1, inverted: true, input: "Write a premise.", target: "{{ premise }}"}',

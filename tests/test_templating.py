@@ -106,7 +106,7 @@ templates:
     with pytest.raises(FlanError) as info:
         TaskRenderer(load_spec(path))
     message = str(info.value)
-    assert "broken.yaml:11" in message and "template oops" in message and "line 2" in message
+    assert "broken.yaml:14" in message and "template oops" in message and "line 2" in message
 
 
 def test_generation_default_target_is_first_reference():

@@ -1,0 +1,197 @@
+"""The ``flan`` command: real output, and one-line errors with exit code 2 for bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from flan_builder.cli import main
+from tests.conftest import (
+    FIXTURE_DATA,
+    FIXTURE_TEMPLATES,
+    REPO,
+    SHARED_DATA,
+    requires_shared_data,
+    write_rows,
+    write_spec,
+)
+
+FIX = ["--templates-dir", str(FIXTURE_TEMPLATES)]
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code: int, err: str, *parts: str) -> None:
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for part in parts:
+        assert part in lines[0], (part, lines[0])
+
+
+@requires_shared_data
+def test_tasks_lists_every_task_with_cluster_type_templates_and_splits(capsys):
+    code, out, _ = run(capsys, "tasks", "--data-dir", str(SHARED_DATA))
+    assert code == 0
+    assert "32 tasks in 11 clusters" in out
+    rte = next(line for line in out.splitlines() if line.startswith("super_glue_rte "))
+    assert "nli" in rte and "classification" in rte and "train=train eval=validation" in rte
+    assert "(missing)" not in out
+
+
+@requires_shared_data
+def test_templates_show_renders_real_rows_with_and_without_options(capsys):
+    code, out, _ = run(capsys, "templates", "show", "super_glue_rte", "--data-dir", str(SHARED_DATA))
+    assert code == 0
+    assert "No Weapons of Mass Destruction Found in Iraq Yet." in out
+    assert out.count("--- prompt with OPTIONS ---") == 10
+    assert out.count("--- prompt without OPTIONS ---") == 10
+    assert out.count("(inverted)") == 3
+    assert "OPTIONS:\n- yes\n- no" in out
+
+
+def test_build_prints_counts(capsys, tmp_path):
+    code, out, _ = run(capsys, "build", "--heldout", "nli", "--data-dir", str(FIXTURE_DATA),
+                       "--out", str(tmp_path / "o"), *FIX)
+    assert code == 0
+    assert "heldout: 12 rows from 1 task (nli 12)" in out
+    assert "removed from training: nli, paraphrase" in out
+
+
+def test_unknown_cluster(capsys, tmp_path):
+    code, _, err = run(capsys, "build", "--heldout", "nil", "--data-dir", str(FIXTURE_DATA),
+                       "--out", str(tmp_path / "o"), *FIX)
+    assert_one_line_error(code, err, "unknown cluster 'nil'", "valid clusters: nli, paraphrase")
+
+
+def test_unknown_task(capsys):
+    code, _, err = run(capsys, "templates", "show", "toy_nil", "--data-dir", str(FIXTURE_DATA), *FIX)
+    assert_one_line_error(code, err, "unknown task 'toy_nil'", "toy_nli")
+
+
+def test_output_directory_exists(capsys, tmp_path):
+    (tmp_path / "o").mkdir()
+    code, _, err = run(capsys, "build", "--heldout", "nli", "--data-dir", str(FIXTURE_DATA),
+                       "--out", str(tmp_path / "o"), *FIX)
+    assert_one_line_error(code, err, "already exists", "--overwrite")
+
+
+def test_missing_data_dir_split_and_dataset(capsys, tmp_path):
+    code, _, err = run(capsys, "build", "--heldout", "nli", "--data-dir", str(tmp_path / "nope"),
+                       "--out", str(tmp_path / "o"), *FIX)
+    assert_one_line_error(code, err, "does not exist", "--data-dir")
+    data = tmp_path / "data"
+    write_rows(data, "toy_nli", "train", [{"premise": "a", "hypothesis": "b", "label": 0}])
+    code, _, err = run(capsys, "build", "--heldout", "none", "--data-dir", str(data),
+                       "--out", str(tmp_path / "o"), "--tasks", "toy_nli", *FIX)
+    assert code == 0  # train-only with the one dataset present
+    code, _, err = run(capsys, "build", "--heldout", "nli", "--data-dir", str(data),
+                       "--out", str(tmp_path / "o2"), *FIX)
+    assert_one_line_error(code, err, "task toy_multi", "not found in the mirror")
+    write_rows(data, "toy_multi", "train", [{"text": "x", "choices": ["a"], "label": 0}])
+    write_rows(data, "toy_para", "train", [{"a": "x", "b": "y", "label": 0}])
+    write_rows(data, "toy_qa", "train", [{"question": "x", "answers": ["y"]}])
+    code, _, err = run(capsys, "build", "--heldout", "nli", "--data-dir", str(data),
+                       "--out", str(tmp_path / "o3"), *FIX)
+    assert_one_line_error(code, err, "task toy_nli", "split 'validation' not found")
+
+
+def _broken_registry(tmp_path, template: str, rows: list[dict]):
+    write_spec(tmp_path / "t", "qa", "bad", f"""
+task: bad
+cluster: qa
+type: multiple_choice
+source: {{hub_id: x/bad, mirror: bad, splits: {{train: train}}}}
+fields: [text, choices, label]
+options: choices
+answer: label
+templates:
+  - id: fine
+    input: "{{{{ text }}}}"
+  - id: suspect
+    input: |-
+      {template}
+""")
+    write_rows(tmp_path / "d", "bad", "train", rows)
+    return ["--templates-dir", str(tmp_path / "t"), "--data-dir", str(tmp_path / "d"),
+            "--out", str(tmp_path / "o"), "--all-templates"]
+
+
+def test_template_syntax_error_names_file_template_and_line(capsys, tmp_path):
+    args = _broken_registry(tmp_path, "Question: {{ text }", [])
+    code, _, err = run(capsys, "build", "--heldout", "none", *args)
+    assert_one_line_error(code, err, "bad.yaml:14", "template suspect", "line 1 of its input",
+                          "syntax error")
+
+
+def test_missing_field_names_task_template_row_and_field(capsys, tmp_path):
+    rows = [{"text": "t", "choices": ["a", "b"], "label": 0}]
+    args = _broken_registry(tmp_path, "{{ txet }}?", rows)
+    code, _, err = run(capsys, "build", "--heldout", "none", *args)
+    assert_one_line_error(code, err, "task bad", "template suspect", "train row 0",
+                          "missing field 'txet'")
+
+
+def test_missing_declared_field_in_data(capsys, tmp_path):
+    rows = [{"text": "t", "choices": ["a", "b"], "label": 0}, {"text": "u", "label": 1}]
+    args = _broken_registry(tmp_path, "{{ text }}?", rows)
+    code, _, err = run(capsys, "build", "--heldout", "none", *args)
+    assert_one_line_error(code, err, "task bad", "train row 1", "lacks field(s) choices")
+
+
+def test_label_out_of_range_names_the_row(capsys, tmp_path):
+    rows = [{"text": "t", "choices": ["a", "b"], "label": 0},
+            {"text": "u", "choices": ["a", "b"], "label": 2}]
+    args = _broken_registry(tmp_path, "{{ text }}?", rows)
+    code, _, err = run(capsys, "build", "--heldout", "none", *args)
+    assert_one_line_error(code, err, "task bad", "train row 1", "label out of range")
+
+
+def test_empty_dataset(capsys, tmp_path):
+    args = _broken_registry(tmp_path, "{{ text }}?", [])
+    code, _, err = run(capsys, "build", "--heldout", "none", *args)
+    assert_one_line_error(code, err, "task bad", "is empty")
+
+
+def test_bad_number_is_an_argparse_error(capsys, tmp_path):
+    with pytest.raises(SystemExit) as info:
+        main(["build", "--heldout", "nli", "--out", str(tmp_path), "--rate-cap", "0"])
+    assert info.value.code == 2
+    assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_help_shows_an_example(capsys):
+    with pytest.raises(SystemExit):
+        main(["build", "--help"])
+    assert "flan build --heldout nli --data-dir" in capsys.readouterr().out
+
+
+def test_import_and_build_do_not_import_torch(tmp_path):
+    script = (
+        "import sys\n"
+        "import flan_builder\n"
+        "from flan_builder.cli import main\n"
+        f"code = main(['build', '--heldout', 'nli', '--data-dir', {str(FIXTURE_DATA)!r}, "
+        f"'--out', {str(tmp_path / 'o')!r}, '--templates-dir', {str(FIXTURE_TEMPLATES)!r}])\n"
+        "assert code == 0, code\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("ok")
+
+
+def test_console_script_is_installed():
+    result = subprocess.run([str(REPO / ".venv" / "bin" / "flan"), "--version"],
+                            capture_output=True, text=True) if (REPO / ".venv" / "bin" / "flan").exists() \
+        else subprocess.run([sys.executable, "-m", "flan_builder.cli", "--version"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and "flan-builder" in result.stdout
