@@ -33,7 +33,7 @@ from flan_builder.mixing import (
     pool_indices,
     task_rng,
 )
-from flan_builder.progress import progress
+from flan_builder.progress import progress, quiet_datasets_unless_terminal
 from flan_builder.sources import Rows, load_split
 from flan_builder.specs import Registry, TaskSpec, load_registry
 from flan_builder.templating import DEFAULT_SEPARATOR, RenderedExample, TaskRenderer
@@ -346,6 +346,7 @@ def _write(
     from datasets import Dataset, DatasetDict, DatasetInfo
     from datasets.table import InMemoryTable
 
+    quiet_datasets_unless_terminal()
     features = _features(config.style)
     with atomic_directory(Path(config.out), overwrite=config.overwrite) as tmp:
         # Rows already have the schema's types, so build Arrow tables directly:

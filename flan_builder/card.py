@@ -6,6 +6,7 @@ from typing import Any
 
 import yaml
 
+from flan_builder.errors import FlanError
 from flan_builder.specs import Registry
 
 # Licence identifiers the Hub accepts that our specs use (https://hf.co/docs/hub/repositories-licenses).
@@ -43,7 +44,11 @@ def size_category(n: int) -> str:
 def card_metadata(manifest: dict[str, Any], registry: Registry) -> dict[str, Any]:
     """The YAML header: licences of every source, task categories, languages, size."""
     tasks = sorted(manifest["sources"])
-    specs = [registry.tasks[t] for t in tasks if t in registry.tasks]
+    missing = [t for t in tasks if t not in registry.tasks]
+    if missing:
+        raise FlanError(f"the dataset was built from task(s) {', '.join(missing)} that are not in "
+                        f"{registry.root}; pass the --templates-dir it was built with")
+    specs = [registry.tasks[t] for t in tasks]
     licenses = sorted({s.license if s.license in HUB_LICENSES else "other" for s in specs})
     categories = sorted({"text-generation"} | {
         _CLUSTER_CATEGORIES[c] for s in specs for c in s.clusters if c in _CLUSTER_CATEGORIES

@@ -191,8 +191,10 @@ def cmd_build(args: argparse.Namespace) -> int:
           f"-> {result.out}")
     if args.push_to_hub:
         from flan_builder.publish import push
+        from flan_builder.specs import load_registry
 
-        url = push(result.out, args.push_to_hub, public=args.public)
+        url = push(result.out, args.push_to_hub, public=args.public,
+                   registry=load_registry(args.templates_dir))
         print(f"published ({'public' if args.public else 'private'}): {url}")
     return 0
 

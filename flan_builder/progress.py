@@ -17,3 +17,13 @@ def progress(iterable: Any = None, **kwargs: Any) -> tqdm:
     kwargs.setdefault("leave", False)
     kwargs.setdefault("dynamic_ncols", True)
     return tqdm(iterable, **kwargs)
+
+
+def quiet_datasets_unless_terminal() -> None:
+    """Silence ``datasets``' own progress bars (save, export) when not on a terminal."""
+    import sys
+
+    import datasets
+
+    if not sys.stderr.isatty():
+        datasets.disable_progress_bars()
