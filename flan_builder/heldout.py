@@ -58,7 +58,8 @@ def plan_split(
         registry.check_cluster(heldout)
     blocked = set()
     if heldout is not None:
-        blocked = {heldout} | set(SIBLINGS.get(heldout, frozenset()))
+        # Only siblings that exist here: the rule matters once a registry has both.
+        blocked = {heldout} | (set(SIBLINGS.get(heldout, frozenset())) & set(registry.clusters))
     if train_clusters:
         for cluster in train_clusters:
             registry.check_cluster(cluster)
