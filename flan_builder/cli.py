@@ -209,6 +209,17 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from flan_builder.models import available_models
+
+    rows = available_models()
+    width = max(len(name) for name, _, _ in rows)
+    for name, where, ok in rows:
+        print(f"{name.ljust(width)}  {'ok ' if ok else '-- '} {where}")
+    print("\nAlso accepted: a .gguf file, a model directory (config.json), or a Hub id owner/name.")
+    return 0
+
+
 # -- parser ------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -299,6 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
     psh.add_argument("--public", action="store_true")
     _add_common(psh)
     psh.set_defaults(func=cmd_push)
+
+    models = sub.add_parser("models", help="the models this machine can load, and where from",
+                            epilog="example:\n  flan models",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    models.set_defaults(func=cmd_models)
 
     for register in _extra_commands():
         register(sub)
