@@ -113,27 +113,17 @@ class _CompiledTemplate:
     def __init__(self, env: SandboxedEnvironment, spec: TaskSpec, template: TemplateSpec) -> None:
         self.spec = template
         where = f"{spec.path}:{template.line} (task {spec.name}, template {template.id}"
+        target = template.target
+        if target is None:
+            if template.inverted:
+                raise FlanError(f"{where}): an inverted template needs a 'target'")
+            target = "{{ correct_choice }}" if spec.has_options else "{{ references[0] }}"
+        self._target_source = target
         try:
-            target = template.target
-            if target is None:
-                if template.inverted:
-                    raise FlanError(f"{where}): an inverted template needs a 'target'")
-                target = "{{ correct_choice }}" if spec.has_options else "{{ references[0] }}"
-            self._target_source = target
             self.joint = env.from_string(template.input + _JOINT + target)
-            self.options = (
-                _Expression(env, template.options) if isinstance(template.options, str) else None
-            )
-            self.static_options = (
-                list(template.options) if isinstance(template.options, tuple) else None
-            )
-            self.answer = _Expression(env, template.answer) if template.answer else None
-            self.references = (
-                _Expression(env, template.references) if template.references else None
-            )
         except jinja2.TemplateSyntaxError:
             # Compile the parts alone to say which one is broken and on which of its lines.
-            for part, source in (("input", template.input), ("target", template.target or "")):
+            for part, source in (("input", template.input), ("target", target)):
                 try:
                     env.from_string(source)
                 except jinja2.TemplateSyntaxError as exc:
@@ -144,6 +134,20 @@ class _CompiledTemplate:
                                     f"template syntax error: {exc.message}") from None
             raise FlanError(f"{where}): template syntax error across input and target "
                             "(a block opened in one and closed in the other?)") from None
+        try:
+            self.options = (
+                _Expression(env, template.options) if isinstance(template.options, str) else None
+            )
+            self.answer = _Expression(env, template.answer) if template.answer else None
+            self.references = (
+                _Expression(env, template.references) if template.references else None
+            )
+        except jinja2.TemplateSyntaxError as exc:
+            raise FlanError(f"{where}): syntax error in its options/answer/references "
+                            f"expression: {exc.message}") from None
+        self.static_options = (
+            list(template.options) if isinstance(template.options, tuple) else None
+        )
         self._env = env
 
     def render_pair(self, ctx: dict[str, Any]) -> tuple[str, str]:

@@ -116,3 +116,21 @@ def test_generation_default_target_is_first_reference():
     assert example.target == "William Shakespeare"
     assert example.references == ["William Shakespeare", "Shakespeare"]
     assert example.options == [] and example.answer_index == -1
+
+
+def test_template_expression_syntax_error_is_named_as_such(tmp_path):
+    path = write_spec(tmp_path, "qa", "exprs", """
+task: exprs
+cluster: qa
+type: multiple_choice
+source: {hub_id: x/y, mirror: exprs, splits: {train: train}}
+fields: [q, c, label]
+options: c
+answer: label
+templates:
+  - id: t1
+    input: "{{ q }}"
+    options: "[c[0], c[1]"
+""")
+    with pytest.raises(FlanError, match="template t1.*syntax error in its options/answer/references"):
+        TaskRenderer(load_spec(path))
