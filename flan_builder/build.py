@@ -329,7 +329,7 @@ def build(config: BuildConfig, registry: Registry | None = None) -> BuildResult:
                         "inverted": sum(t.inverted for t in spec.templates),
                         "file": str(spec.path.relative_to(registry.root)),
                         "sha256": hashlib.sha256(spec.path.read_bytes()).hexdigest()}
-            for spec in {s.name: s for s in plan.train_tasks + plan.heldout_tasks}.values()
+            for spec in (renderer.spec for renderer in renderers.values())
         },
         "counts": {name: _counts(rows) for name, rows in splits.items()},
         "content_hash": {**hashes, "all": content_hash([hashes])},

@@ -153,8 +153,6 @@ def cmd_build(args: argparse.Namespace) -> int:
     from flan_builder.mixing import MixingConfig
     from flan_builder.sources import resolve_data_dir
 
-    if args.max_templates is not None and args.all_templates is False and args.max_templates < 1:
-        raise FlanError("--max-templates must be at least 1")
     config = BuildConfig(
         heldout=args.heldout,
         out=Path(args.out),

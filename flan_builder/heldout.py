@@ -77,7 +77,7 @@ def plan_split(
     for spec in registry.tasks.values():
         hit = [c for c in spec.clusters if c in blocked]
         if hit:
-            if heldout in spec.clusters and spec.cluster == heldout:
+            if spec.cluster == heldout:
                 excluded[spec.name] = "in the held-out cluster"
             elif heldout in spec.clusters:
                 excluded[spec.name] = f"also in the held-out cluster {heldout}"
