@@ -321,7 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Subcommands that live with their own subsystem (training, evaluation)."""
-    return []
+    from flan_builder.training.cli import register as register_train
+
+    return [register_train]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

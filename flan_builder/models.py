@@ -122,8 +122,19 @@ def load_model(source: ModelSource, dtype: Any = None) -> Any:
     from transformers import AutoModelForCausalLM
 
     try:
-        return AutoModelForCausalLM.from_pretrained(
+        model = AutoModelForCausalLM.from_pretrained(
             source.location, dtype=dtype or "auto", **source.pretrained_kwargs()
         )
     except OSError as exc:
         raise FlanError(f"could not load model {source.name}: {str(exc).splitlines()[0]}") from None
+    if source.gguf_file:
+        # GGUF weights are dequantized on load into ordinary float tensors, but transformers
+        # still marks the model as quantized, which blocks training and would be written into
+        # a saved (merged) model's config. The marker no longer describes the weights: drop it.
+        quantizer = getattr(model, "hf_quantizer", None)
+        if quantizer is not None:
+            quantizer.remove_quantization_config(model)
+        for module in model.modules():
+            if getattr(getattr(module, "config", None), "_is_quantized", False):
+                module.config._is_quantized = False
+    return model

@@ -1,0 +1,67 @@
+"""``flan train RECIPE``: the subcommand, its overrides, and its summary line."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+EPILOG = """examples:
+  flan train train/heldout-nli.yaml
+  flan train train/heldout-nli.yaml --peft prompt_tuning --max-steps 200 --output runs/nli-pt
+  flan train train/heldout-nli.yaml --resume              # continue from the last checkpoint
+  flan train train/heldout-nli.yaml --set sft.learning_rate=1e-4 --set peft.r=8
+  accelerate launch -m flan_builder.cli train train/heldout-nli.yaml   # several GPUs, same recipe
+"""
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from flan_builder.training.recipe import load_recipe
+
+    overrides = list(args.set or [])
+    shortcuts = {"model": args.model, "output": args.output, "dataset.path": args.dataset,
+                 "peft.method": args.peft, "sft.max_steps": args.max_steps, "sft.seed": args.seed}
+    overrides += [f"{key}={value}" for key, value in shortcuts.items() if value is not None]
+    if args.merge:
+        overrides.append("train.merge=true")
+    recipe = load_recipe(Path(args.recipe), overrides)
+    if recipe.heldout != "none":
+        from flan_builder.specs import load_registry
+
+        load_registry().check_cluster(recipe.heldout)
+    if args.check:
+        print(f"{args.recipe}: ok ({recipe.model}, held out {recipe.heldout}, {recipe.method}, "
+              f"-> {recipe.output})")
+        return 0
+    from flan_builder.training.run import quiet_library_logs, train
+
+    quiet_library_logs()
+    result = train(recipe, resume=args.resume, overwrite=args.overwrite)
+    m = result.manifest
+    if "wall_time_s" in m:
+        curve = m["loss_curve"]
+        start = f"{curve[0][1]:.3f}" if curve else "-"
+        end = f"{m['final_loss']:.3f}" if m["final_loss"] is not None else "-"
+        print(f"{m['steps']} steps, loss {start} -> {end}, {m['tokens_seen']:,} tokens, "
+              f"{m['tokens_seen'] / m['wall_time_s']:.0f} tokens/s overall, {m['wall_time_s']:.0f} s, "
+              f"peak {m['peak_memory_mb']:.0f} MiB -> {result.out}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``flan train`` to the top-level parser."""
+    parser = sub.add_parser("train", help="tune a causal LM on every cluster but the held-out one",
+                            epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("recipe", help="a recipe YAML (one per held-out cluster in train/)")
+    parser.add_argument("--model", help="alias, .gguf file, model directory or Hub id")
+    parser.add_argument("--dataset", help="built dataset directory (dataset.path)")
+    parser.add_argument("--peft", help="lora, full, prompt_tuning, prefix_tuning, p_tuning, ia3")
+    parser.add_argument("--max-steps", type=int, help="sft.max_steps")
+    parser.add_argument("--seed", type=int, help="sft.seed")
+    parser.add_argument("--output", help="run directory (written atomically when training ends)")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override any recipe field, e.g. sft.learning_rate=1e-4 (repeatable)")
+    parser.add_argument("--merge", action="store_true", help="also write a merged model (lora, ia3)")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    parser.add_argument("--check", action="store_true", help="validate the recipe and stop")
+    parser.set_defaults(func=cmd_train)

@@ -1,0 +1,251 @@
+"""``flan train``: a recipe -> a tuned adapter (or model) with its run manifest.
+
+Layout while running: ``<output>.partial/`` (hidden, beside the output) holds the
+checkpoints that ``--resume`` continues from. The final output (adapter or model,
+tokenizer, ``recipe.yaml``, ``run.json``) is written into a temporary directory and
+renamed into place only when training has finished, so a killed run never leaves
+anything at the output path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from flan_builder.atomic import atomic_directory, check_output_free, write_json_atomic
+from flan_builder.errors import FlanError
+from flan_builder.manifest import command_line, package_versions
+from flan_builder.training.recipe import VIRTUAL_TOKEN_METHODS, Recipe
+
+RUN_MANIFEST = "run.json"
+TRAIN_PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate")
+log = logging.getLogger("flan_builder.train")
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    manifest: dict[str, Any]
+
+
+def partial_dir(out: Path) -> Path:
+    return out.parent / f".{out.name}.partial"
+
+
+def last_checkpoint(work: Path) -> Path | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    folder = work / "checkpoints"
+    return Path(found) if folder.is_dir() and (found := get_last_checkpoint(str(folder))) else None
+
+
+def ensure_dataset(recipe: Recipe) -> Path:
+    """The recipe's dataset directory, built first from ``dataset.build`` when it is missing."""
+    path = Path(recipe.dataset_path)
+    if path.exists() or recipe.build is None:
+        return path
+    from flan_builder.build import BuildConfig, build
+    from flan_builder.mixing import MixingConfig
+    from flan_builder.sources import resolve_data_dir
+
+    options = recipe.build
+    print(f"building {path} (held out: {recipe.heldout}) from the recipe's dataset.build", file=sys.stderr)
+    build(BuildConfig(
+        heldout=recipe.heldout, out=path, data_dir=resolve_data_dir(options["data_dir"]),
+        seed=options["seed"],
+        mixing=MixingConfig(max_per_dataset=options["max_per_dataset"], rate_cap=options["rate_cap"],
+                            total=options["total"], all_templates=options["all_templates"],
+                            max_templates=options["max_templates"]),
+        with_options=options["with_options"], style=options["style"], tasks=options["tasks"],
+        train_clusters=options["train_clusters"], max_eval_rows=options["max_eval_rows"],
+    ))
+    return path
+
+
+def _sft_config(recipe: Recipe, work: Path, padding_free: bool, pretokenized: bool) -> Any:
+    import torch
+    from trl import SFTConfig
+
+    settings = dict(recipe.sft)
+    if pretokenized and not settings.get("packing"):
+        # Rows are already truncated to max_length; TRL refuses max_length with padding-free.
+        settings["max_length"] = None
+    settings["padding_free"] = padding_free
+    if recipe.method == "prefix_tuning" and settings.get("gradient_checkpointing"):
+        # Known breakage: with activation checkpointing the prefix key/values are not seen
+        # by the recomputed attention mask (size mismatch); prefix tuning trains without it.
+        log.warning("prefix_tuning: gradient checkpointing turned off (it breaks prefix key/values)")
+        settings["gradient_checkpointing"] = False
+    if not torch.cuda.is_available():
+        settings.setdefault("use_cpu", True)
+        settings["bf16"] = False  # SFTConfig defaults to bf16, which needs a GPU
+    else:
+        settings.setdefault("bf16", torch.cuda.is_bf16_supported())
+    settings.setdefault("disable_tqdm", False)
+    try:
+        return SFTConfig(output_dir=str(work / "checkpoints"), **settings)
+    except (ValueError, TypeError) as exc:
+        raise FlanError(f"{recipe.source}: bad sft settings: {str(exc).splitlines()[0]}") from None
+
+
+def _choose_padding_free(recipe: Recipe, style: str) -> bool:
+    wanted = recipe.train["padding_free"]
+    if wanted == "auto":
+        return recipe.method not in VIRTUAL_TOKEN_METHODS and style != "messages"
+    if wanted and style == "messages":
+        raise FlanError(f"{recipe.source}: train.padding_free needs a prompt-completion dataset "
+                        "(this one was built --as messages); use sft.packing: true instead")
+    return bool(wanted)
+
+
+def peak_memory_mb() -> float:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> TrainResult:
+    """Run the recipe; write the final output atomically; return its run manifest."""
+    started = time.perf_counter()
+    out = Path(recipe.output)
+    work = partial_dir(out)
+    if resume and out.exists() and not overwrite:
+        raise FlanError(f"{out} is already a finished run; nothing to resume (pass --overwrite to "
+                        "train again from the start)")
+    check_output_free(out, overwrite)
+    checkpoint = last_checkpoint(work) if resume else None
+    if resume and checkpoint is None:
+        raise FlanError(f"no checkpoint to resume from in {work}; start the run without --resume")
+    if not resume and work.exists():
+        if not overwrite:
+            raise FlanError(f"an interrupted run of {out} exists ({work}); pass --resume to continue "
+                            "it or --overwrite to start over")
+        shutil.rmtree(work)
+
+    from accelerate import PartialState
+
+    with PartialState().main_process_first():
+        dataset_dir = ensure_dataset(recipe)
+
+    from flan_builder.models import load_model, load_tokenizer, resolve_model
+
+    source = resolve_model(recipe.model)
+    tokenizer = load_tokenizer(source)
+    from flan_builder.training.data import load_training_data
+
+    data = load_training_data(dataset_dir, recipe.heldout, tokenizer, recipe.sft.get("max_length"))
+
+    import torch
+    from transformers import set_seed
+
+    from flan_builder.training.peft_methods import make_peft_config, parameter_counts
+    from flan_builder.training.sft import FlanSFTTrainer, LossProgressCallback
+
+    padding_free = _choose_padding_free(recipe, data.style)
+    args = _sft_config(recipe, work, padding_free, pretokenized=data.style != "messages")
+    # Seed before the model and adapter exist: adapter initialisation draws random numbers.
+    set_seed(args.seed)
+    model = load_model(source, dtype=torch.float32 if not args.bf16 else torch.bfloat16)
+    peft_config = make_peft_config(recipe.peft, model)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_json(), sort_keys=False), encoding="utf-8")
+
+    from transformers.trainer_callback import ProgressCallback
+
+    trainer = FlanSFTTrainer(
+        model=model, args=args, train_dataset=data.dataset, processing_class=tokenizer,
+        peft_config=peft_config, compact_lm_head=recipe.train["compact_lm_head"],
+    )
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(LossProgressCallback())
+    if data.style == "messages":
+        data.dropped_truncated = data.rows - len(trainer.train_dataset)
+    counts = parameter_counts(trainer.model)
+    if trainer.is_world_process_zero():
+        print(f"{recipe.method}: {counts['trainable']:,} trainable of {counts['total']:,} parameters "
+              f"({100 * counts['fraction']:.4f}%); {len(trainer.train_dataset):,} rows "
+              f"({data.dropped_truncated} dropped: completion beyond max_length, "
+              f"{data.truncated} cut short)", file=sys.stderr)
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    trainer.accelerator.wait_for_everyone()
+
+    history = trainer.state.log_history
+    losses = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    manifest: dict[str, Any] = {
+        "kind": "flan-builder training run",
+        "format_version": 1,
+        "command": command_line(),
+        "recipe": recipe.to_json(),
+        "model_source": {"name": source.name, "kind": source.kind, "location": source.location,
+                         "gguf_file": source.gguf_file, "described": source.describe()},
+        "method": recipe.method,
+        "heldout_cluster": recipe.heldout,
+        "dataset": {"path": str(dataset_dir), "content_hash": data.manifest.get("content_hash", {}),
+                    "style": data.style, "separator": data.manifest.get("separator"),
+                    "with_options": data.manifest.get("with_options"),
+                    "rows": data.rows, "rows_trained": len(trainer.train_dataset),
+                    "dropped_truncated": data.dropped_truncated, "truncated": data.truncated},
+        "parameters": counts,
+        "steps": trainer.state.global_step,
+        "epochs": trainer.state.epoch,
+        "final_loss": losses[-1][1] if losses else None,
+        "train_loss": result.training_loss,
+        "loss_curve": losses,
+        "tokens_seen": trainer.tokens_seen,
+        "resumed_from": str(checkpoint) if checkpoint else None,
+        "padding_free": padding_free,
+        "packing": bool(recipe.sft.get("packing")),
+        "compact_lm_head": trainer.compact_lm_head,
+        "seed": args.seed,
+        "device": str(trainer.args.device),
+        "world_size": trainer.args.world_size,
+        "versions": package_versions(TRAIN_PACKAGES),
+    }
+    if trainer.is_world_process_zero():
+        _write_output(trainer, tokenizer, recipe, manifest, out, overwrite, started)
+        shutil.rmtree(work, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    return TrainResult(out, manifest)
+
+
+def _write_output(trainer: Any, tokenizer: Any, recipe: Recipe, manifest: dict[str, Any], out: Path,
+                  overwrite: bool, started: float) -> None:
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        trainer.save_model(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_json(), sort_keys=False), encoding="utf-8")
+        if recipe.train["merge"]:
+            if recipe.method == "full":
+                manifest["merged"] = "."  # a full fine-tune is already a whole model
+            else:
+                merged = trainer.model.merge_and_unload()
+                merged.save_pretrained(str(tmp / "merged"))
+                tokenizer.save_pretrained(str(tmp / "merged"))
+                manifest["merged"] = "merged"
+        manifest["wall_time_s"] = round(time.perf_counter() - started, 2)
+        manifest["peak_memory_mb"] = round(peak_memory_mb(), 1)
+        manifest["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        # Written last: its presence marks a complete run.
+        write_json_atomic(tmp / RUN_MANIFEST, manifest)
+
+
+def quiet_library_logs() -> None:
+    """Keep transformers / datasets chatter out of a CLI run unless the user asks for it."""
+    if os.environ.get("FLAN_VERBOSE"):
+        return
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    logging.getLogger("trl").setLevel(logging.ERROR)
