@@ -9,6 +9,7 @@ anything at the output path.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import resource
@@ -42,11 +43,28 @@ def partial_dir(out: Path) -> Path:
     return out.parent / f".{out.name}.partial"
 
 
-def last_checkpoint(work: Path) -> Path | None:
-    from transformers.trainer_utils import get_last_checkpoint
+def _complete(checkpoint: Path, step: int) -> bool:
+    """Trainer writes trainer_state.json after the weights, optimizer and RNG state."""
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return state.get("global_step") == step
 
+
+def last_checkpoint(work: Path) -> Path | None:
+    """The newest complete checkpoint; incomplete ones (a kill mid-save) are removed."""
     folder = work / "checkpoints"
-    return Path(found) if folder.is_dir() and (found := get_last_checkpoint(str(folder))) else None
+    if not folder.is_dir():
+        return None
+    found = sorted(((int(p.name.split("-")[1]), p) for p in folder.glob("checkpoint-*")
+                    if p.is_dir() and p.name.split("-")[1].isdigit()), reverse=True)
+    for step, checkpoint in found:
+        if _complete(checkpoint, step):
+            return checkpoint
+        log.warning("removing incomplete checkpoint %s (interrupted while saving)", checkpoint)
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    return None
 
 
 def ensure_dataset(recipe: Recipe) -> Path:
