@@ -1,0 +1,1 @@
+"""Zero-shot evaluation on the held-out cluster (``[eval]`` extra)."""

@@ -1,0 +1,59 @@
+"""Rank classification: the shared-prefix scorer equals a plain full forward pass per option."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.test_training import _tiny_config, tokenizer  # noqa: F401 - the session fixture
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tokenizer):  # noqa: F811
+    from transformers import LlamaForCausalLM, set_seed
+
+    set_seed(1)
+    return LlamaForCausalLM(_tiny_config(len(tokenizer))).eval()
+
+
+ROWS = [
+    ("Premise: A man plays a guitar.\nHypothesis: A person makes music.\nDoes it follow?\n\nOPTIONS:\n"
+     "- yes\n- it is not possible to tell\n- no", ["yes", "it is not possible to tell", "no"]),
+    ("Is 'the cat sat' grammatical?", ["acceptable", "unacceptable"]),
+    ("Pick the answer. Which is a fruit?", ["apple", "car", "stone", "a very long option with many words"]),
+    ("Ends with spaces   ", ["yes", "no"]),
+]
+
+
+def test_shared_prefix_scores_equal_full_forward_per_option(tiny_model, tokenizer):  # noqa: F811
+    from flan_builder.evaluation.scoring import (
+        encode_row,
+        score_full_sequences,
+        score_shared_prefix,
+    )
+
+    rows = [encode_row(tokenizer, prompt, options, "\n\n") for prompt, options in ROWS]
+    assert all(r.shared for r in rows)
+    fast = score_shared_prefix(tiny_model, rows, tokenizer.pad_token_id)
+    reference = score_full_sequences(tiny_model, rows, tokenizer.pad_token_id)
+    # and each option alone, unbatched, with no padding anywhere
+    for row, fast_scores, ref_scores in zip(rows, fast, reference, strict=True):
+        assert len(fast_scores) == len(row.options)
+        for k, full in enumerate(row.fulls):
+            ids = torch.tensor([full])
+            with torch.no_grad():
+                logprobs = tiny_model(input_ids=ids).logits.float().log_softmax(-1)[0]
+            n = len(row.options[k])
+            alone = sum(float(logprobs[len(full) - n - 1 + j, full[len(full) - n + j]]) for j in range(n))
+            assert fast_scores[k] == pytest.approx(alone, abs=1e-4)
+            assert ref_scores[k] == pytest.approx(alone, abs=1e-4)
+
+
+def test_scored_tokens_are_the_continuation_of_the_joint_encoding(tokenizer):  # noqa: F811
+    from flan_builder.evaluation.scoring import encode_row
+
+    row = encode_row(tokenizer, "Answer:", ["yes", "no"], "\n\n")
+    for full, scored in zip(row.fulls, row.options, strict=True):
+        assert full == row.prompt + scored
+        assert tokenizer.decode(scored).startswith("\n\n")
