@@ -321,9 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Subcommands that live with their own subsystem (training, evaluation)."""
+    from flan_builder.evaluation.cli import register as register_eval
     from flan_builder.training.cli import register as register_train
 
-    return [register_train]
+    return [register_train, register_eval]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

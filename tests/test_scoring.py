@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_training import _tiny_config, tokenizer  # noqa: F401 - the session fixture
+from tests.conftest import tiny_config
 
 torch = pytest.importorskip("torch")
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tokenizer):  # noqa: F811
+def tiny_model(tokenizer):
     from transformers import LlamaForCausalLM, set_seed
 
     set_seed(1)
-    return LlamaForCausalLM(_tiny_config(len(tokenizer))).eval()
+    return LlamaForCausalLM(tiny_config(len(tokenizer))).eval()
 
 
 ROWS = [
@@ -26,7 +26,7 @@ ROWS = [
 ]
 
 
-def test_shared_prefix_scores_equal_full_forward_per_option(tiny_model, tokenizer):  # noqa: F811
+def test_shared_prefix_scores_equal_full_forward_per_option(tiny_model, tokenizer):
     from flan_builder.evaluation.scoring import (
         encode_row,
         score_full_sequences,
@@ -50,7 +50,7 @@ def test_shared_prefix_scores_equal_full_forward_per_option(tiny_model, tokenize
             assert ref_scores[k] == pytest.approx(alone, abs=1e-4)
 
 
-def test_scored_tokens_are_the_continuation_of_the_joint_encoding(tokenizer):  # noqa: F811
+def test_scored_tokens_are_the_continuation_of_the_joint_encoding(tokenizer):
     from flan_builder.evaluation.scoring import encode_row
 
     row = encode_row(tokenizer, "Answer:", ["yes", "no"], "\n\n")

@@ -17,58 +17,20 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import FIXTURE_DATA, FIXTURE_TEMPLATES, REPO, TEMPLATES
+from tests.conftest import (
+    FIXTURE_DATA,
+    FIXTURE_TEMPLATES,
+    HIDDEN,
+    INTER,
+    KV_DIM,
+    LAYERS,
+    REPO,
+    TEMPLATES,
+    tiny_config,
+)
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("trl")
-
-HIDDEN, INTER, LAYERS, HEADS, KV_HEADS = 32, 64, 2, 4, 2
-HEAD_DIM = HIDDEN // HEADS
-KV_DIM = KV_HEADS * HEAD_DIM
-
-
-def _tiny_config(vocab: int):
-    from transformers import LlamaConfig
-
-    return LlamaConfig(vocab_size=vocab, hidden_size=HIDDEN, intermediate_size=INTER,
-                       num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-                       num_key_value_heads=KV_HEADS, max_position_embeddings=512)
-
-
-@pytest.fixture(scope="session")
-def tokenizer():
-    from flan_builder.models import load_tokenizer, resolve_model
-
-    try:
-        source = resolve_model("smollm2-135m")
-    except Exception as exc:  # noqa: BLE001 - the model package is part of the install command
-        pytest.skip(f"smollm2-135m not installed: {exc}")
-    return load_tokenizer(source)
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
-    """A tiny random Llama saved like any local model directory, with the SmolLM2 tokenizer."""
-    from transformers import LlamaForCausalLM, set_seed
-
-    set_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(_tiny_config(len(tokenizer))).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="session")
-def toy_build(tmp_path_factory) -> Path:
-    """The fixture tasks built with nli held out (paraphrase blocked): qa + multi train."""
-    from flan_builder.build import BuildConfig, build
-    from flan_builder.specs import load_registry
-
-    out = tmp_path_factory.mktemp("builds") / "toy-nli"
-    build(BuildConfig(heldout="nli", out=out, data_dir=FIXTURE_DATA, templates_dir=FIXTURE_TEMPLATES),
-          registry=load_registry(FIXTURE_TEMPLATES))
-    return out
-
 
 def _recipe(tmp_path: Path, model: Path, dataset: Path, name: str = "run", **sections) -> Path:
     data = {
@@ -187,7 +149,7 @@ def test_trainable_parameter_counts_match_the_closed_form(method):
     vocab = 1000
     settings = _check_section({"method": method, "r": 4, "num_virtual_tokens": 5,
                                "encoder_hidden_size": 16}, _PEFT, "peft", "test")
-    model = LlamaForCausalLM(_tiny_config(vocab))
+    model = LlamaForCausalLM(tiny_config(vocab))
     base_total = sum(p.numel() for p in model.parameters())
     config = make_peft_config(settings, model)
     wrapped = peft.get_peft_model(model, config) if config is not None else model

@@ -1,0 +1,94 @@
+"""The evaluation report: results.json, a markdown table (base, tuned, difference), a chart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flan_builder.atomic import write_json_atomic
+
+
+def _label(name: str) -> str:
+    return Path(name).name or name
+
+
+def table(results: dict[str, Any]) -> str:
+    """Markdown: one row per (dataset, options), one column group per model, then the difference."""
+    models = list(dict.fromkeys(d["model"] for d in results["datasets"]))
+    base = results["base"]
+    by_key = {(d["task"], d["options"], d["model"]): d for d in results["datasets"]}
+    keys = sorted({(d["task"], d["options"]) for d in results["datasets"]})
+    header = ["dataset", "options", "metric", "templates"]
+    for model in models:
+        header += [f"{_label(model)} mean ± std", "best / worst"]
+    others = [m for m in models if m != base]
+    header += [f"Δ {_label(m)} − {_label(base)}" for m in others]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for task, options in keys:
+        first = next(by_key[(task, options, m)] for m in models if (task, options, m) in by_key)
+        cells = [task, "yes" if options else "no", first["metric"], str(first["templates"])]
+        for model in models:
+            d = by_key.get((task, options, model))
+            cells += ([f"{d['mean']:.1f} ± {d['std']:.1f}", f"{d['best']:.1f} / {d['worst']:.1f}"]
+                      if d else ["-", "-"])
+        for model in others:
+            a, b = by_key.get((task, options, model)), by_key.get((task, options, base))
+            cells.append(f"{a['mean'] - b['mean']:+.1f}" if a and b else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    for cluster in sorted({c["cluster"] for c in results["clusters"]}):
+        for options in sorted({c["options"] for c in results["clusters"]}):
+            means = {c["model"]: c["mean"] for c in results["clusters"]
+                     if c["cluster"] == cluster and c["options"] == options}
+            if not means:
+                continue
+            cells = [f"**{cluster} (mean of datasets)**", "yes" if options else "no", "", ""]
+            for model in models:
+                cells += [f"**{means[model]:.1f}**" if model in means else "-", ""]
+            for model in others:
+                cells.append(f"**{means[model] - means[base]:+.1f}**" if model in means and base in means
+                             else "-")
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(d["model"] for d in results["datasets"]))
+    keys = sorted({(d["task"], d["options"]) for d in results["datasets"]})
+    by_key = {(d["task"], d["options"], d["model"]): d for d in results["datasets"]}
+    width = 0.8 / max(len(models), 1)
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(keys)), 4))
+    for i, model in enumerate(models):
+        xs = [k + (i - (len(models) - 1) / 2) * width for k in range(len(keys))]
+        found = [by_key.get((t, o, model)) for t, o in keys]
+        means = [d["mean"] if d else 0 for d in found]
+        low = [d["mean"] - d["worst"] if d else 0 for d in found]
+        high = [d["best"] - d["mean"] if d else 0 for d in found]
+        ax.bar(xs, means, width, yerr=[low, high], capsize=3, label=_label(model))
+    ax.set_xticks(range(len(keys)))
+    ax.set_xticklabels([t + ("" if o else "\n(no options)") for t, o in keys], fontsize=8)
+    metric = {d["metric"] for d in results["datasets"]}
+    ax.set_ylabel(", ".join(sorted(metric)) + " (mean over templates; bars: worst–best)")
+    ax.set_title(f"zero-shot on held-out {results.get('heldout_cluster')}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(results: dict[str, Any], folder: Path) -> None:
+    """results.json, report.md and report.png into ``folder``."""
+    text = table(results)
+    header = (f"# Zero-shot evaluation on held-out `{results.get('heldout_cluster')}`\n\n"
+              f"Data: `{results['data']}` (hash {str(results.get('dataset_hash'))[:16]}), "
+              f"{results.get('limit') or 'all'} rows per dataset, every selected template; "
+              f"base model: `{results['base']}`. Classification: rank classification, `acc` "
+              f"(summed log-likelihood); `acc_norm` per character is in results.json. "
+              f"Wall time {results['wall_time_s']} s.\n\n")
+    (folder / "report.md").write_text(header + text + "\n\n![chart](report.png)\n", encoding="utf-8")
+    _chart(results, folder / "report.png")
+    write_json_atomic(folder / "results.json", results)  # last: marks a complete report

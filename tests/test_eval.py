@@ -1,0 +1,137 @@
+"""`flan eval`: base vs tuned on the same held-out rows, report files, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import FIXTURE_DATA, FIXTURE_TEMPLATES, REPO
+from tests.test_training import _recipe, _train
+
+pytest.importorskip("torch")
+pytest.importorskip("evaluate")
+
+
+@pytest.fixture(scope="module")
+def tuned_run(tmp_path_factory, tiny_model_dir, toy_build):
+    return _train(_recipe(tmp_path_factory.mktemp("run"), tiny_model_dir, toy_build)).out
+
+
+def _config(tmp_path, models, data, **kwargs):
+    from flan_builder.evaluation.run import EvalConfig
+
+    return EvalConfig(models=[str(m) for m in models], data=data, out=tmp_path / "report", **kwargs)
+
+
+def test_base_and_tuned_on_the_same_rows_with_a_report(tmp_path, tiny_model_dir, tuned_run,
+                                                       toy_build):
+    from flan_builder.evaluation.run import evaluate_models
+
+    results = evaluate_models(_config(tmp_path, [tiny_model_dir, tuned_run], toy_build,
+                                      options=(True, False)))
+    out = tmp_path / "report"
+    assert {p.name for p in out.iterdir()} == {"results.json", "report.md", "report.png"}
+    assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
+    records = results["records"]
+    by_model = {}
+    for r in records:
+        by_model.setdefault(r["model"], set()).add((r["task"], r["template"], r["options"], r["scores"]["n"]))
+    assert by_model[str(tiny_model_dir)] == by_model[str(tuned_run)]  # exactly the same rows
+    built = json.loads((toy_build / "manifest.json").read_text())
+    heldout_templates = {t for t in built["split_plan"]["heldout_tasks"]}
+    assert {r["task"] for r in records} == heldout_templates
+    for d in results["datasets"]:
+        assert d["worst"] <= d["median"] <= d["best"] and 0 <= d["mean"] <= 100
+    md = (out / "report.md").read_text()
+    assert "Δ" in md and "mean of datasets" in md
+    assert not (tmp_path / ".report.partial").exists()
+
+
+def test_interrupted_evaluation_resumes_without_recomputing(tmp_path, tiny_model_dir, toy_build,
+                                                            monkeypatch):
+    from flan_builder.evaluation import run
+
+    calls = []
+    original = run.score_classification
+
+    def failing_after_two(*args, **kwargs):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(run, "score_classification", failing_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        run.evaluate_models(_config(tmp_path, [tiny_model_dir], toy_build))
+    assert not (tmp_path / "report").exists()
+    partial = tmp_path / ".report.partial" / "results.jsonl"
+    assert len(partial.read_text().splitlines()) == 2
+    counted = []
+    monkeypatch.setattr(run, "score_classification",
+                        lambda *a, **k: counted.append(1) or original(*a, **k))
+    results = run.evaluate_models(_config(tmp_path, [tiny_model_dir], toy_build))
+    assert len(results["records"]) == len(counted) + 2
+
+
+def _cli(args):
+    return subprocess.run([sys.executable, "-m", "flan_builder.cli", "eval", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=300, env={**__import__("os").environ,
+                                                                           "TQDM_DISABLE": "1"})
+
+
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, tiny_model_dir, toy_build):
+    from flan_builder.build import BuildConfig, build
+    from flan_builder.specs import load_registry
+
+    no_heldout = tmp_path / "none"
+    build(BuildConfig(heldout="none", out=no_heldout, data_dir=FIXTURE_DATA,
+                      templates_dir=FIXTURE_TEMPLATES), registry=load_registry(FIXTURE_TEMPLATES))
+    base = ["--model", str(tiny_model_dir), "--out", str(tmp_path / "r")]
+    cases = [
+        (["--model", str(tiny_model_dir), "--data", str(no_heldout), "--out", str(tmp_path / "r")],
+         "no held-out split"),
+        (["--model", "no-such-model", "--data", str(toy_build), "--out", str(tmp_path / "r")], "not found"),
+        ([*base, "--data", str(toy_build), "--template", "zzz"], "no held-out rows match"),
+        ([*base, "--data", str(toy_build), "--limit", "0"], "--limit must be at least 1"),
+        ([*base, "--data", str(tmp_path / "missing")], "dataset directory"),
+    ]
+    for args, message in cases:
+        done = _cli(args)
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert done.returncode == 2, (args, done.stderr[-1500:])
+        assert len(lines) == 1 and message in lines[0], (args, done.stderr[-1500:])
+
+
+def test_generation_rows_are_decoded_and_scored_with_the_shipped_metric(tmp_path, tiny_model_dir):
+    from flan_builder.build import BuildConfig, build
+    from flan_builder.evaluation.run import evaluate_models
+    from flan_builder.specs import load_registry
+
+    data = tmp_path / "qa"
+    build(BuildConfig(heldout="qa", out=data, data_dir=FIXTURE_DATA, templates_dir=FIXTURE_TEMPLATES),
+          registry=load_registry(FIXTURE_TEMPLATES))
+    results = evaluate_models(_config(tmp_path, [tiny_model_dir], data, templates=2, limit=3,
+                                      batch_size=2))
+    assert results["records"] and all(r["metric"] == "exact_match" for r in results["records"])
+    for record in results["records"]:
+        assert set(record["scores"]) >= {"exact_match", "f1", "n"} and 1 <= record["scores"]["n"] <= 3
+
+
+@pytest.mark.parametrize(("module", "predictions", "references", "expected"), [
+    ("flan_qa", ["The Cat!", "dog"], [["cat"], ["a wolf", "dog"]], {"exact_match": 100.0, "f1": 100.0}),
+    ("flan_qa", ["red cat"], [["cat"]], {"exact_match": 0.0, "f1": 100 * 2 / 3}),
+    ("flan_rouge", ["the cat sat"], [["the cat sat"]], {"rougeL": 100.0}),
+    ("flan_sacrebleu", ["the cat sat on the mat"], [["the cat sat on the mat"]],
+     {"bleu": 100.0, "chrf": 100.0}),
+])
+def test_shipped_metric_modules_load_offline_by_path(module, predictions, references, expected):
+    import evaluate
+
+    from flan_builder.evaluation.run import METRICS_DIR
+
+    result = evaluate.load(str(METRICS_DIR / module)).compute(predictions=predictions, references=references)
+    for key, value in expected.items():
+        assert result[key] == pytest.approx(value, abs=1e-6)
