@@ -394,3 +394,37 @@ def test_resume_skips_a_checkpoint_left_incomplete_by_a_kill_mid_save(tmp_path):
     assert last_checkpoint(tmp_path) == folder / "checkpoint-4"
     assert sorted(p.name for p in folder.iterdir()) == ["checkpoint-2", "checkpoint-4"]
     assert last_checkpoint(tmp_path / "elsewhere") is None
+
+
+def test_known_breakage_prefix_tuning_with_activation_checkpointing_is_handled(
+        tmp_path, tiny_model_dir, toy_build):
+    """peft prefix key/values and checkpointed attention disagree on the mask size; we train without it."""
+    result = _train(_recipe(tmp_path, tiny_model_dir, toy_build),
+                    ["peft.method=prefix_tuning", "sft.gradient_checkpointing=true"])
+    assert result.manifest["steps"] == 4 and result.manifest["final_loss"] is not None
+
+
+def test_report_to_tensorboard_keeps_its_logs_in_the_run(tmp_path, tiny_model_dir, toy_build):
+    pytest.importorskip("tensorboard")
+    result = _train(_recipe(tmp_path, tiny_model_dir, toy_build), ["sft.report_to=tensorboard"])
+    assert list((result.out / "runs").rglob("events.out.tfevents*"))
+
+
+def test_packing_trains_on_the_pretokenized_rows(tmp_path, tiny_model_dir, toy_build):
+    result = _train(_recipe(tmp_path, tiny_model_dir, toy_build), ["sft.packing=true"])
+    assert result.manifest["packing"] is True and result.manifest["steps"] == 4
+
+
+def test_a_training_split_with_held_out_rows_is_refused(toy_build):
+    from datasets import Dataset
+
+    from flan_builder.errors import FlanError
+    from flan_builder.training.data import check_heldout, read_dataset_manifest
+
+    manifest = read_dataset_manifest(toy_build)
+    leaking = Dataset.from_list([{"cluster": "qa", "task": "toy_qa"},
+                                 {"cluster": "paraphrase", "task": "toy_para"}])
+    with pytest.raises(FlanError, match="rows from the held-out side .*paraphrase"):
+        check_heldout(manifest, "nli", toy_build, leaking)
+    with pytest.raises(FlanError, match="held-out mismatch"):
+        check_heldout(manifest, "qa", toy_build, leaking)

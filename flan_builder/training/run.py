@@ -243,6 +243,9 @@ def _write_output(trainer: Any, tokenizer: Any, recipe: Recipe, manifest: dict[s
     with atomic_directory(out, overwrite=overwrite) as tmp:
         trainer.save_model(str(tmp))
         tokenizer.save_pretrained(str(tmp))
+        tensorboard = partial_dir(out) / "checkpoints" / "runs"
+        if tensorboard.is_dir():  # report_to: tensorboard writes beside the checkpoints; keep it
+            shutil.copytree(tensorboard, tmp / "runs")
         (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_json(), sort_keys=False), encoding="utf-8")
         if recipe.train["merge"]:
             if recipe.method == "full":
