@@ -29,6 +29,13 @@ def _base_of_run(folder: Path) -> ModelSource | None:
     return None
 
 
+def check_model(name: str) -> None:
+    """Fail before any work when a model cannot be found (loading comes later, one at a time)."""
+    folder = Path(name)
+    if not (folder.is_dir() and _base_of_run(folder) is not None):
+        resolve_model(name)
+
+
 def load_for_eval(name: str) -> tuple[Any, Any, dict[str, Any]]:
     """(model in eval mode, tokenizer, description) for a model name or a run directory."""
     import torch

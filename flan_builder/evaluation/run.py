@@ -104,7 +104,8 @@ def score_classification(model: Any, tokenizer: Any, rows: list[dict[str, Any]],
     for batch in _batches(encoded, batch_size, lambda item: len(item[1].prompt)):
         scores = score_rows(model, [e for _, e in batch], tokenizer.pad_token_id)
         for (row, _), option_scores in zip(batch, scores, strict=True):
-            norm = [s / len(separator + o) for s, o in zip(option_scores, row["options"], strict=True)]
+            # per character of the option itself, as lm-evaluation-harness normalises acc_norm
+            norm = [s / max(len(o), 1) for s, o in zip(option_scores, row["options"], strict=True)]
             gold = row["answer_index"]
             correct += int(max(range(len(option_scores)), key=option_scores.__getitem__) == gold)
             correct_norm += int(max(range(len(norm)), key=norm.__getitem__) == gold)
@@ -173,7 +174,7 @@ def _aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
 def evaluate_models(config: EvalConfig) -> dict[str, Any]:
     """Evaluate every model on the same rows; write the report atomically; return results."""
     from flan_builder.atomic import atomic_directory, check_output_free
-    from flan_builder.evaluation.loading import load_for_eval
+    from flan_builder.evaluation.loading import check_model, load_for_eval
     from flan_builder.evaluation.report import write_report
     from flan_builder.progress import progress
 
@@ -181,6 +182,8 @@ def evaluate_models(config: EvalConfig) -> dict[str, Any]:
     if config.limit is not None and config.limit < 1:
         raise FlanError("--limit must be at least 1 (rows per dataset)")
     check_output_free(config.out, config.overwrite)
+    for name in config.models:
+        check_model(name)
     groups, manifest = load_heldout(config)
     separator = manifest.get("separator", "\n\n")
     work = config.out.parent / f".{config.out.name}.partial"
