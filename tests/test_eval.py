@@ -135,3 +135,19 @@ def test_shipped_metric_modules_load_offline_by_path(module, predictions, refere
     result = evaluate.load(str(METRICS_DIR / module)).compute(predictions=predictions, references=references)
     for key, value in expected.items():
         assert result[key] == pytest.approx(value, abs=1e-6)
+
+
+@pytest.mark.parametrize("method", ["prompt_tuning", "ia3"])
+def test_adapters_of_other_methods_load_onto_their_base_from_the_run_manifest(
+        tmp_path, tiny_model_dir, toy_build, method):
+    from flan_builder.evaluation.loading import load_for_eval
+    from flan_builder.evaluation.run import evaluate_models
+
+    run_dir = _train(_recipe(tmp_path, tiny_model_dir, toy_build, peft={"method": method})).out
+    model, _, info = load_for_eval(str(run_dir))
+    assert info["kind"] == "adapter" and info["method"] == method
+    # virtual-token adapters stay PEFT models (scored by full sequences); IA3 is merged
+    assert hasattr(model, "peft_config") == (method == "prompt_tuning")
+    results = evaluate_models(_config(tmp_path, [tiny_model_dir, run_dir], toy_build, limit=4,
+                                      templates=2))
+    assert {r["model"] for r in results["records"]} == {str(tiny_model_dir), str(run_dir)}
