@@ -266,7 +266,13 @@ def quiet_library_logs() -> None:
     """Keep transformers / datasets chatter out of a CLI run unless the user asks for it."""
     if os.environ.get("FLAN_VERBOSE"):
         return
+    import warnings
+
     import transformers
 
     transformers.logging.set_verbosity_error()
+    # peft looks for a config.json beside a GGUF base to see whether the vocabulary changed
+    warnings.filterwarnings("ignore", message="Could not find a config file")
+    # SFTConfig's own default still uses the old name; nothing for the user to change
+    warnings.filterwarnings("ignore", category=FutureWarning, message=".*gradient_checkpointing.*")
     logging.getLogger("trl").setLevel(logging.ERROR)
