@@ -81,7 +81,7 @@ def run(name: str, source, tokenizer, rows, tokenized, args: argparse.Namespace)
                   logging_steps=1, disable_tqdm=True, seed=0, use_cpu=cpu,
                   bf16=not cpu and torch.cuda.is_bf16_supported())
     set_seed(0)
-    model = load_model(source, dtype=torch.float32 if common["bf16"] is False else torch.bfloat16)
+    model = load_model(source, dtype=torch.bfloat16 if common["bf16"] else torch.float32)
     if name == "trl-default":
         config = SFTConfig(max_length=args.max_length, **common)
         trainer = SFTTrainer(model=model, args=config, train_dataset=rows, processing_class=tokenizer,

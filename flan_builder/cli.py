@@ -13,6 +13,7 @@ from pathlib import Path
 
 from flan_builder import __version__
 from flan_builder.errors import FlanError
+from flan_builder.mixing import DEFAULT_MAX_PER_DATASET, DEFAULT_RATE_CAP
 
 EPILOG_BUILD = """examples:
   flan build --heldout nli --data-dir ../shared/data --out build/heldout-nli
@@ -273,9 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     bld.add_argument("--out", required=True, help="output directory (written atomically)")
     _add_data_dir(bld)
     bld.add_argument("--seed", type=int, default=0)
-    bld.add_argument("--max-per-dataset", type=_positive_int, default=30_000,
+    bld.add_argument("--max-per-dataset", type=_positive_int, default=DEFAULT_MAX_PER_DATASET,
                      help="distinct training rows per dataset (FLAN: 30,000)")
-    bld.add_argument("--rate-cap", type=_positive_int, default=3_000,
+    bld.add_argument("--rate-cap", type=_positive_int, default=DEFAULT_RATE_CAP,
                      help="examples-proportional mixing-rate cap per dataset (FLAN: 3,000)")
     bld.add_argument("--total", type=_positive_int, default=None,
                      help="training examples in all, shared out by mixing rate (default: sum of rates)")

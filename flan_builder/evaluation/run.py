@@ -8,11 +8,12 @@ options) finishes, so an interrupted evaluation resumes where it stopped. The re
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,6 @@ class EvalConfig:
     metric_from_hub: bool = False
     overwrite: bool = False
     tasks: list[str] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def load_heldout(config: EvalConfig) -> tuple[dict[tuple[str, str], list[dict[str, Any]]], dict[str, Any]]:
@@ -233,8 +233,6 @@ def evaluate_models(config: EvalConfig) -> dict[str, Any]:
     }
     with atomic_directory(config.out, overwrite=config.overwrite) as tmp:
         write_report(results, tmp)
-    import shutil
-
     shutil.rmtree(work, ignore_errors=True)
     print(f"wrote {config.out}/results.json, report.md, report.png", file=sys.stderr)
     return results

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from flan_builder.errors import FlanError
+from flan_builder.mixing import DEFAULT_MAX_PER_DATASET, DEFAULT_RATE_CAP
 
 PEFT_METHODS = ("lora", "full", "prompt_tuning", "prefix_tuning", "p_tuning", "ia3")
 # Methods that prepend learned virtual tokens (or key/value prefixes) to every sequence.
@@ -61,8 +62,8 @@ _BUILD: _Schema = {
     "data_dir": ((str, type(None)), None, None),
     "seed": ((int,), None, 0),
     "total": ((int, type(None)), None, None),
-    "max_per_dataset": ((int,), _positive, 30_000),
-    "rate_cap": ((int,), _positive, 3_000),
+    "max_per_dataset": ((int,), _positive, DEFAULT_MAX_PER_DATASET),
+    "rate_cap": ((int,), _positive, DEFAULT_RATE_CAP),
     "max_eval_rows": ((int, type(None)), None, None),
     "max_templates": ((int, type(None)), None, None),
     "all_templates": ((bool,), None, False),

@@ -178,7 +178,7 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> T
     model = load_model(source, dtype=torch.float32 if not args.bf16 else torch.bfloat16)
     peft_config = make_peft_config(recipe.peft, model)
     work.mkdir(parents=True, exist_ok=True)
-    (work / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_json(), sort_keys=False), encoding="utf-8")
+    _write_recipe(recipe, work)
 
     from transformers.trainer_callback import ProgressCallback
 
@@ -238,6 +238,11 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> T
     return TrainResult(out, manifest)
 
 
+def _write_recipe(recipe: Recipe, folder: Path) -> None:
+    """The recipe as resolved (defaults and overrides applied), beside the run's files."""
+    (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_json(), sort_keys=False), encoding="utf-8")
+
+
 def _write_output(trainer: Any, tokenizer: Any, recipe: Recipe, manifest: dict[str, Any], out: Path,
                   overwrite: bool, started: float) -> None:
     with atomic_directory(out, overwrite=overwrite) as tmp:
@@ -246,7 +251,7 @@ def _write_output(trainer: Any, tokenizer: Any, recipe: Recipe, manifest: dict[s
         tensorboard = partial_dir(out) / "checkpoints" / "runs"
         if tensorboard.is_dir():  # report_to: tensorboard writes beside the checkpoints; keep it
             shutil.copytree(tensorboard, tmp / "runs")
-        (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_json(), sort_keys=False), encoding="utf-8")
+        _write_recipe(recipe, tmp)
         if recipe.train["merge"]:
             if recipe.method == "full":
                 manifest["merged"] = "."  # a full fine-tune is already a whole model
