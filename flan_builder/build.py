@@ -58,6 +58,7 @@ class BuildConfig:
     separator: str = DEFAULT_SEPARATOR
     tasks: list[str] | None = None
     train_clusters: list[str] | None = None
+    with_clusters: list[str] | None = None  # opt-in clusters to train on too (tabular)
     max_eval_rows: int | None = None
     num_proc: int = 1
     overwrite: bool = False
@@ -276,7 +277,7 @@ def build(config: BuildConfig, registry: Registry | None = None) -> BuildResult:
     check_output_free(Path(config.out), config.overwrite)
     registry = registry or load_registry(config.templates_dir)
     plan = plan_split(registry, config.heldout, train_clusters=config.train_clusters,
-                      tasks=config.tasks)
+                      tasks=config.tasks, with_clusters=config.with_clusters)
     # Compile every template before loading any data: a syntax error should fail in seconds.
     renderers = {
         spec.name: TaskRenderer(spec, with_options=config.with_options, separator=config.separator)

@@ -18,6 +18,7 @@ from flan_builder.mixing import DEFAULT_MAX_PER_DATASET, DEFAULT_RATE_CAP
 EPILOG_BUILD = """examples:
   flan build --heldout nli --data-dir ../shared/data --out build/heldout-nli
   flan build --heldout none --data-dir ../shared/data --out build/mix --total 20000 --seed 1
+  flan build --heldout nli --data-dir ../shared/data --out build/nli-tab --with tabular   # + LIFT tables
   flan build --heldout nli --data-dir ../shared/data --out build/nli-msgs --as messages --format parquet
   flan build --heldout nli --out build/nli --push-to-hub USER/flan-nli   # HF_TOKEN from the environment
 """
@@ -171,6 +172,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         export_formats=tuple(args.format or ()),
         tasks=args.tasks,
         train_clusters=args.train_clusters,
+        with_clusters=args.with_clusters,
         max_eval_rows=args.max_eval_rows,
         num_proc=args.num_proc,
         overwrite=args.overwrite,
@@ -292,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     bld.add_argument("--tasks", type=_csv, default=None, help="train only on these tasks (comma list)")
     bld.add_argument("--train-clusters", type=_csv, default=None,
                      help="train only on these clusters (ablation: number of clusters)")
+    bld.add_argument("--with", dest="with_clusters", type=_csv, default=None, metavar="CLUSTERS",
+                     help="also train on these opt-in clusters (tabular: LIFT's tables as text)")
     bld.add_argument("--max-eval-rows", type=_positive_int, default=None,
                      help="held-out rows per dataset (seeded sample; default all)")
     bld.add_argument("--num-proc", type=_positive_int, default=1, help="render tasks in N processes")
@@ -323,9 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Subcommands that live with their own subsystem (training, evaluation)."""
     from flan_builder.evaluation.cli import register as register_eval
+    from flan_builder.lift.cli import register as register_lift
     from flan_builder.training.cli import register as register_train
 
-    return [register_train, register_eval]
+    return [register_train, register_eval, register_lift]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

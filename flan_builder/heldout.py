@@ -50,8 +50,13 @@ def plan_split(
     *,
     train_clusters: list[str] | None = None,
     tasks: list[str] | None = None,
+    with_clusters: list[str] | None = None,
 ) -> SplitPlan:
-    """Apply the held-out rules to every task in the registry."""
+    """Apply the held-out rules to every task in the registry.
+
+    Opt-in tasks (the tabular cluster) train only when their cluster is in ``with_clusters``
+    or the task is named in ``tasks``.
+    """
     if heldout in (None, NO_HELDOUT):
         heldout = None
     else:
@@ -67,6 +72,8 @@ def plan_split(
         if bad:
             raise FlanError(f"--train-clusters names {', '.join(bad)}, which the held-out rules "
                             f"remove when holding out {heldout}; drop it from --train-clusters")
+    for cluster in with_clusters or []:
+        registry.check_cluster(cluster)
     wanted = set(tasks) if tasks else None
     if wanted:
         for name in wanted:
@@ -86,6 +93,10 @@ def plan_split(
             continue
         if wanted is not None and spec.name not in wanted:
             excluded[spec.name] = "not in --tasks"
+            continue
+        if spec.opt_in and spec.name not in (wanted or ()) and \
+                not set(spec.clusters) & set(with_clusters or ()):
+            excluded[spec.name] = f"opt-in cluster {spec.cluster}; add --with {spec.cluster} to train on it"
             continue
         if train_clusters and not set(spec.clusters) & set(train_clusters):
             excluded[spec.name] = "not in --train-clusters"

@@ -57,7 +57,9 @@ def lint_static(
         issues.append(LintIssue(spec.name, None, f"only {len(spec.templates)} template(s); "
                                 f"at least {min_templates} are required"))
     inverted = sum(t.inverted for t in spec.templates)
-    if inverted < min_inverted:
+    # A table row is not a sensible thing to ask a model to write: tabular tasks (LIFT) have
+    # no inverted templates.
+    if inverted < min_inverted and spec.source.tabular is None:
         issues.append(LintIssue(spec.name, None, f"only {inverted} inverted template(s); "
                                 f"at least {min_inverted} are required"))
     seen_ids: set[str] = set()

@@ -65,7 +65,8 @@ def mirror_path(spec: TaskSpec, split: str, data_dir: Path) -> Path:
 def available_roles(spec: TaskSpec, data_dir: Path | None) -> dict[str, bool]:
     """For each role the spec declares, whether its rows are present (always True for the Hub)."""
     return {
-        role: data_dir is None or mirror_path(spec, split, data_dir).is_file()
+        role: data_dir is None or spec.source.tabular is not None
+        or mirror_path(spec, split, data_dir).is_file()
         for role, split in spec.source.splits.items()
     }
 
@@ -120,7 +121,12 @@ def load_split(spec: TaskSpec, role: str, data_dir: Path | None) -> Rows:
     if split is None:
         raise FlanError(f"task {spec.name} has no {role} split (its spec declares: "
                         f"{', '.join(spec.source.splits)})")
-    if data_dir is not None:
+    if spec.source.tabular is not None:  # a table, split and serialised here (no Hub, no mirror)
+        from flan_builder.lift.serialise import tabular_split
+
+        table_rows, origin = tabular_split(spec, split)
+        rows = Rows(spec.name, split, origin, table_rows)
+    elif data_dir is not None:
         folder = data_dir / spec.source.mirror
         if not folder.is_dir():
             raise FlanError(f"task {spec.name}: dataset folder {folder} not found in the mirror; "

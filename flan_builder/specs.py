@@ -27,9 +27,12 @@ TEMPLATES_DIR_ENV = "FLAN_TEMPLATES_DIR"
 
 _SPEC_KEYS = {
     "task", "cluster", "also_in", "type", "source", "license", "license_note",
-    "fields", "options", "answer", "references", "notes", "templates",
+    "fields", "options", "answer", "references", "notes", "templates", "constants", "opt_in",
 }
-_SOURCE_KEYS = {"hub_id", "config", "mirror", "splits", "revision"}
+_SOURCE_KEYS = {"hub_id", "config", "mirror", "splits", "revision", "tabular"}
+# A table (scikit-learn's bundled copy, or a CSV / parquet file) serialised into text rows.
+_TABULAR_KEYS = {"sklearn", "file", "target", "kind", "names", "seed", "test_size", "digits"}
+FEATURE_NAME_MODES = ("names", "generic", "shuffled")
 _TEMPLATE_KEYS = {"id", "input", "target", "inverted", "options", "answer", "references"}
 
 
@@ -57,6 +60,7 @@ class SourceSpec:
     mirror: str
     splits: dict[str, str]  # role ("train" / "eval") -> split name
     revision: str | None = None
+    tabular: dict[str, Any] | None = None  # a table source instead of the Hub (see lift/tables.py)
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,8 @@ class TaskSpec:
     references: str | None = None  # Jinja expression giving a list of reference strings
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    constants: dict[str, str] = field(default_factory=dict)  # names every template sees
+    opt_in: bool = False  # trained on only when asked for (`flan build --with CLUSTER`)
 
     @property
     def clusters(self) -> tuple[str, ...]:
@@ -180,6 +186,45 @@ def _parse_template(path: Path, task: str, data: Any, index: int) -> TemplateSpe
     )
 
 
+def _shared_templates(path: Path, task: str, name: str) -> Any:
+    """The ``templates:`` list of a shared file beside the spec (e.g. tabular serialisations)."""
+    shared = path.parent / name
+    if not name.startswith("_") or shared.suffix != ".yaml" or not shared.is_file():
+        raise _fail(path, None, f"task {task}: 'templates: {name}' must name a shared _*.yaml file in "
+                    f"{path.parent}")
+    try:
+        data = yaml.load(shared.read_text(encoding="utf-8"), Loader=_LineLoader)  # noqa: S506
+    except yaml.YAMLError as exc:
+        raise _fail(shared, None, f"not valid YAML: {exc}") from None
+    if not isinstance(data, dict) or "templates" not in data:
+        raise _fail(shared, None, "a shared template file holds one key, 'templates'")
+    return data["templates"]
+
+
+def _tabular_source(path: Path, task: str, value: Any) -> dict[str, Any] | None:
+    """A table source: ``sklearn: iris`` or ``file: x.csv`` + ``target``, and its serialisation."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _fail(path, None, f"task {task}: source.tabular must be a mapping")
+    _check_keys(path, value, _TABULAR_KEYS, f"source.tabular of task {task}")
+    table = {k: v for k, v in value.items() if not k.startswith("__")}
+    if ("sklearn" in table) == ("file" in table):
+        raise _fail(path, value.get("__line__"), f"task {task}: source.tabular needs one of "
+                    "'sklearn' (a bundled dataset name) or 'file' (a CSV / parquet path)")
+    if "file" in table and not table.get("target"):
+        raise _fail(path, value.get("__line__"), f"task {task}: source.tabular.file needs 'target' "
+                    "(the column to predict)")
+    table.setdefault("names", "names")
+    if table["names"] not in FEATURE_NAME_MODES:
+        raise _fail(path, value.get("__line__"), f"task {task}: source.tabular.names must be one of "
+                    f"{', '.join(FEATURE_NAME_MODES)}")
+    table.setdefault("seed", 0)
+    table.setdefault("test_size", 0.2)
+    table.setdefault("digits", 4)
+    return table
+
+
 def load_spec(path: Path) -> TaskSpec:
     """Read and validate one task spec file."""
     try:
@@ -209,8 +254,19 @@ def load_spec(path: Path) -> TaskSpec:
     if clash:
         raise _fail(path, None, f"task {name}: field(s) {clash} clash with builder names {RESERVED_NAMES}")
     templates = data["templates"]
+    if isinstance(templates, str):
+        templates = _shared_templates(path, name, templates)
     if not isinstance(templates, list) or not templates:
-        raise _fail(path, None, f"task {name}: 'templates' must be a non-empty list")
+        raise _fail(path, None, f"task {name}: 'templates' must be a non-empty list (or the name of "
+                    "a shared template file beside the spec)")
+    constants = data.get("constants") or {}
+    if isinstance(constants, dict):
+        constants = {k: v for k, v in constants.items() if not str(k).startswith("__")}
+    if not isinstance(constants, dict) or not all(isinstance(v, str) for v in constants.values()):
+        raise _fail(path, None, f"task {name}: 'constants' must map names to strings")
+    clash = sorted(set(constants) & (set(fields) | set(RESERVED_NAMES)))
+    if clash:
+        raise _fail(path, None, f"task {name}: constant(s) {clash} clash with field or builder names")
     spec = TaskSpec(
         name=name,
         cluster=data["cluster"],
@@ -222,6 +278,7 @@ def load_spec(path: Path) -> TaskSpec:
             mirror=source.get("mirror", name),
             splits=splits,
             revision=source.get("revision"),
+            tabular=_tabular_source(path, name, source.get("tabular")),
         ),
         fields=tuple(fields),
         templates=tuple(_parse_template(path, name, t, i) for i, t in enumerate(templates)),
@@ -232,6 +289,8 @@ def load_spec(path: Path) -> TaskSpec:
         answer=data.get("answer"),
         references=data.get("references"),
         notes=str(data.get("notes", "")).strip(),
+        constants=constants,
+        opt_in=bool(data.get("opt_in", False)),
     )
     if spec.has_options and spec.options is None:
         raise _fail(path, None, f"task {name}: a {spec.type} task needs 'options'")
@@ -278,6 +337,8 @@ def load_registry(root: Path | None = None) -> Registry:
         )
     tasks: dict[str, TaskSpec] = {}
     for path in sorted(root.glob("*/*.yaml")):
+        if path.name.startswith("_"):  # shared pieces (e.g. tabular serialisations), not tasks
+            continue
         spec = load_spec(path)
         if spec.cluster != path.parent.name:
             raise _fail(path, None, f"task {spec.name}: cluster {spec.cluster!r} but the file is "

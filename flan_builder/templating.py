@@ -195,7 +195,8 @@ class TaskRenderer:
             raise FlanError(f"{where}: syntax error in an options/answer/references expression: "
                             f"{exc.message}") from None
         self.templates = [_CompiledTemplate(self.env, spec, t) for t in spec.templates]
-        self.globals = dict(self.env.globals)  # range, dict, ... (render_pair bypasses them)
+        # range, dict, ... (render_pair bypasses the env's globals) and the spec's constants
+        self.globals = {**self.env.globals, **spec.constants}
         self.template_ids = [t.id for t in spec.templates]
 
     # -- context ---------------------------------------------------------------------------

@@ -40,7 +40,9 @@ def assert_one_line_error(code: int, err: str, *parts: str) -> None:
 def test_tasks_lists_every_task_with_cluster_type_templates_and_splits(capsys):
     code, out, _ = run(capsys, "tasks", "--data-dir", str(SHARED_DATA))
     assert code == 0
-    assert "32 tasks in 11 clusters" in out
+    assert "37 tasks in 12 clusters" in out  # 32 shared datasets + 5 scikit-learn tables
+    iris = next(line for line in out.splitlines() if line.startswith("iris "))
+    assert "tabular" in iris and "train=train eval=test" in iris
     rte = next(line for line in out.splitlines() if line.startswith("super_glue_rte "))
     assert "nli" in rte and "classification" in rte and "train=train eval=validation" in rte
     assert "(missing)" not in out

@@ -113,27 +113,33 @@ def score_classification(model: Any, tokenizer: Any, rows: list[dict[str, Any]],
     return {"acc": 100 * correct / n, "acc_norm": 100 * correct_norm / n, "n": n}
 
 
-def score_generation(model: Any, tokenizer: Any, rows: list[dict[str, Any]], cluster: str,
-                     use_options: bool, batch_size: int | str, from_hub: bool) -> dict[str, Any]:
-    """Greedy decoding, left-padded batches, then the cluster's metric."""
-    import evaluate
+def generate_greedy(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int,
+                    batch_size: int | str) -> list[str]:
+    """Greedy continuations of ``prompts`` (in their order), batched by length with left padding."""
     import torch
 
-    local, hub, keys, max_new = GENERATION.get(cluster, QA)
     predictions: dict[int, str] = {}
     tokenizer.padding_side = "left"
-    indexed = list(enumerate(rows))
-    for batch in _batches(indexed, batch_size, lambda item: len(item[1]["prompt"])):
-        prompts = [row["prompt"] if use_options else row["input"] for _, row in batch]
-        inputs = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)
+    for batch in _batches(list(enumerate(prompts)), batch_size, lambda item: len(item[1])):
+        inputs = tokenizer([p for _, p in batch], return_tensors="pt", padding=True).to(model.device)
         with torch.no_grad():
-            out = model.generate(**inputs, max_new_tokens=max_new, do_sample=False,
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id)
         texts = tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
         for (index, _), text in zip(batch, texts, strict=True):
             predictions[index] = text.strip()
+    return [predictions[i] for i in range(len(prompts))]
+
+
+def score_generation(model: Any, tokenizer: Any, rows: list[dict[str, Any]], cluster: str,
+                     use_options: bool, batch_size: int | str, from_hub: bool) -> dict[str, Any]:
+    """Greedy decoding, left-padded batches, then the cluster's metric."""
+    import evaluate
+
+    local, hub, keys, max_new = GENERATION.get(cluster, QA)
+    ordered = generate_greedy(model, tokenizer, [row["prompt"] if use_options else row["input"]
+                                                 for row in rows], max_new, batch_size)
     metric = evaluate.load(hub if from_hub else str(METRICS_DIR / local))
-    ordered = [predictions[i] for i in range(len(rows))]
     references = [row["references"] or [row["target"]] for row in rows]
     if from_hub and hub == "squad":
         result = metric.compute(

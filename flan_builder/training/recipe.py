@@ -71,6 +71,7 @@ _BUILD: _Schema = {
     "style": ((str,), _one_of("prompt_completion", "messages"), "prompt_completion"),
     "tasks": ((list, type(None)), None, None),
     "train_clusters": ((list, type(None)), None, None),
+    "with_clusters": ((list, type(None)), None, None),
 }
 _PEFT: _Schema = {
     "method": ((str,), _one_of(*PEFT_METHODS), "lora"),

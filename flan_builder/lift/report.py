@@ -1,0 +1,95 @@
+"""The LIFT report: one table (LIFT rows beside the baselines), a chart, results.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flan_builder.atomic import write_json_atomic
+
+# Accuracy (%) published by Dinh et al. (2022), Table 2, for reference beside our own runs.
+PUBLISHED: dict[str, dict[str, float]] = {
+    "iris": {"LIFT/GPT-J": 96.67, "LIFT/GPT-3": 97.00, "logistic regression": 96.67},
+    "wine": {"LIFT/GPT-J": 93.52, "LIFT/GPT-3": 92.59, "logistic regression": 100.00},
+}
+
+
+def _label(line: dict[str, Any], model: str) -> str:
+    if line["method"] == "lift":
+        return f"LIFT: {Path(model).name} + LoRA (names: {line['names']})"
+    if line["method"] == "base":
+        return f"{Path(model).name} untuned, zero-shot (names: {line['names']})"
+    return line["method"].replace("_", " ")
+
+
+def _cell(stat: dict[str, float], digits: int = 2) -> str:
+    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+
+
+def table(results: dict[str, Any]) -> str:
+    """Markdown: one row per method (LIFT first), mean ± std over seeds."""
+    classification = results["task_kind"] == "classification"
+    order = {"lift": 0, "base": 1}
+    lines_ = sorted(results["summary"], key=lambda s: (order.get(s["method"], 2), str(s["names"])))
+    if classification:
+        header = ["method", "accuracy % (mean ± std over seeds)"]
+    else:
+        header = ["method", "RMSE (mean ± std)", "RAE (mean ± std)", "unparsable answers"]
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for line in lines_:
+        cells = [_label(line, results["model"])]
+        if classification:
+            cells.append(_cell(line["accuracy"]))
+        else:
+            unparsable = (f"{int(line['unparsable'])} / {int(line['answers'])}" if "answers" in line
+                          else "-")
+            cells += [_cell(line["rmse"]), _cell(line["rae"], 3), unparsable]
+        out.append("| " + " | ".join(cells) + " |")
+    for name, value in PUBLISHED.get(results["task"], {}).items() if classification else []:
+        out.append(f"| published: {name} (Dinh et al. 2022; not run here) | {value:.2f} |")
+    return "\n".join(out)
+
+
+def _chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = "accuracy" if results["task_kind"] == "classification" else "rmse"
+    lines_ = results["summary"]
+    labels = [_label(line, results["model"]).replace(" (names", "\n(names") for line in lines_]
+    means = [line[metric]["mean"] for line in lines_]
+    stds = [line[metric]["std"] for line in lines_]
+    colours = ["tab:red" if line["method"] == "lift" else "tab:orange" if line["method"] == "base"
+               else "tab:blue" for line in lines_]
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(lines_)), 4))
+    ax.bar(range(len(lines_)), means, yerr=stds, capsize=3, color=colours)
+    ax.set_xticks(range(len(lines_)))
+    ax.set_xticklabels(labels, fontsize=7, rotation=30, ha="right")
+    ax.set_ylabel(f"{metric} (mean ± std over {len(results['seeds'])} seeds)")
+    ax.set_title(f"LIFT on {results['task']} ({results['task_kind']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(results: dict[str, Any], folder: Path) -> None:
+    """results.json, report.md and report.png into ``folder``."""
+    seeds = ", ".join(map(str, results["seeds"]))
+    header = (f"# LIFT on `{results['task']}` ({results['task_kind']})\n\n"
+              f"Table: {results['table']['origin']}, {results['table']['rows']} rows, "
+              f"{results['table']['features']} features. Split 80/20"
+              f"{' stratified by class' if results['task_kind'] == 'classification' else ''}, seeds {seeds}; "
+              f"every method uses the same splits. LIFT: `{results['model']}` tuned with "
+              f"`{results['recipe']}` {' '.join(results['overrides'])}; scored on "
+              f"{len(results['eval_templates'])} template(s) "
+              + ("by rank classification over the class names"
+                 if results["task_kind"] == "classification"
+                 else "by greedy generation parsed as a number (an unparsable answer is scored as the "
+                      "training mean and counted)")
+              + ". A seed's score is the mean over templates.\n\n")
+    (folder / "report.md").write_text(header + table(results) + "\n\n![chart](report.png)\n",
+                                      encoding="utf-8")
+    _chart(results, folder / "report.png")
+    write_json_atomic(folder / "results.json", results)  # last: marks a complete report

@@ -1,0 +1,331 @@
+"""``flan lift``: tabular rows as text -> LoRA-tuned LM vs scikit-learn baselines, one report.
+
+For each feature-name mode and seed: the task's spec (with that mode and split seed) goes
+through the ordinary builder (train split: each training row with one template drawn at
+random) and trainer (recipe ``train/lift.yaml``); the tuned model and, for comparison,
+the untuned one are evaluated on the test rows with the first ``eval_templates``
+templates (rank classification over the class names, or greedy generation parsed as a
+number); the baselines are fitted on the same split. Each finished piece is appended to
+``.<out>.partial/results.jsonl`` and each trained adapter kept there, so an interrupted
+run resumes; the report is written atomically at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shutil
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from flan_builder.errors import FlanError
+from flan_builder.specs import FEATURE_NAME_MODES, Registry, TaskSpec, load_registry, load_spec
+
+LIFT_RECIPE = Path(__file__).resolve().parent.parent.parent / "train" / "lift.yaml"
+REGRESSION_MAX_NEW_TOKENS = 12
+_NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)")
+
+
+@dataclass
+class LiftConfig:
+    out: Path
+    dataset: str | None = None  # a bundled scikit-learn dataset (a spec in templates/tabular/)
+    csv: Path | None = None  # or any CSV / parquet file ...
+    target: str | None = None  # ... and the column to predict
+    kind: str | None = None  # classification / regression (a file's default: guessed)
+    model: str = "smollm2-135m"
+    names: list[str] = field(default_factory=lambda: ["names"])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    recipe: Path = LIFT_RECIPE
+    overrides: list[str] = field(default_factory=list)
+    eval_templates: int | None = None  # first K templates for evaluation (default: all)
+    with_options: bool = True
+    base: bool = True  # also evaluate the untuned model on the same rows
+    batch_size: int | str = "auto"
+    digits: int = 4
+    overwrite: bool = False
+
+
+def parse_number(text: str) -> float | None:
+    """The first number in a generated answer ('151', '151.5 points', ' -3'), else None."""
+    match = _NUMBER.search(text.replace(",", ""))
+    return float(match.group()) if match else None
+
+
+# -- the task ------------------------------------------------------------------------------------
+
+def _file_spec(config: LiftConfig, folder: Path) -> TaskSpec:
+    """A spec for a user's table, written beside a copy of the shared serialisation templates."""
+    from flan_builder.lift.tables import load_file
+    from flan_builder.specs import default_templates_dir
+
+    assert config.csv is not None and config.target is not None
+    table = load_file(config.csv, config.target, config.kind)
+    name = re.sub(r"[^A-Za-z0-9_]+", "_", table.name).strip("_") or "table"
+    data: dict[str, Any] = {
+        "task": name, "cluster": "tabular", "opt_in": True,
+        "type": "classification" if table.kind == "classification" else "generation",
+        "source": {"tabular": {"file": str(Path(config.csv).resolve()), "target": config.target,
+                               "kind": table.kind},
+                   "splits": {"train": "train", "eval": "test"}},
+        "license": "unknown", "license_note": f"user table {config.csv}",
+        "constants": {"question": f"What is the {config.target}?"},
+        "templates": "_serialisations.yaml",
+    }
+    if table.kind == "classification":
+        data.update(fields=["features", "label"], options=table.classes, answer="label")
+    else:
+        data.update(fields=["features", "target", "target_text"], references="[target_text]")
+    spec_dir = folder / "tabular"
+    spec_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(default_templates_dir() / "tabular" / "_serialisations.yaml", spec_dir)
+    path = spec_dir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return load_spec(path)
+
+
+def task_spec(config: LiftConfig, work: Path) -> TaskSpec:
+    """The spec of the table being lifted: a shipped tabular spec, or one made for a file."""
+    if (config.dataset is None) == (config.csv is None):
+        raise FlanError("give one of --dataset NAME (iris, wine, breast_cancer, digits, diabetes) or "
+                        "--csv FILE --target COLUMN")
+    if config.csv is not None:
+        if not config.target:
+            raise FlanError(f"--csv {config.csv} needs --target COLUMN (the column to predict)")
+        return _file_spec(config, work / "spec")
+    if config.target or config.kind:
+        raise FlanError("--target and --task go with --csv; a bundled dataset already has its target")
+    registry = load_registry()
+    spec = registry.task(config.dataset)
+    if spec.source.tabular is None:
+        raise FlanError(f"{config.dataset} is not a tabular task; tabular ones: "
+                        f"{', '.join(s.name for s in registry.in_cluster('tabular'))}")
+    return spec
+
+
+def _variant(spec: TaskSpec, mode: str, seed: int, digits: int) -> TaskSpec:
+    tabular = {**(spec.source.tabular or {}), "names": mode, "seed": seed, "digits": digits}
+    return dataclasses.replace(spec, source=dataclasses.replace(spec.source, tabular=tabular))
+
+
+# -- one (mode, seed) ----------------------------------------------------------------------------
+
+def _build(spec: TaskSpec, seed: int, out: Path, with_options: bool) -> Path:
+    from flan_builder.build import BuildConfig, build
+
+    if not (out / "manifest.json").is_file():
+        registry = Registry(tasks={spec.name: spec}, root=spec.path.parent.parent)
+        build(BuildConfig(heldout=None, out=out, seed=seed, tasks=[spec.name], with_options=with_options,
+                          overwrite=True), registry=registry)
+    return out
+
+
+def _train(config: LiftConfig, dataset: Path, seed: int, out: Path) -> dict[str, Any]:
+    from flan_builder.training.recipe import load_recipe
+    from flan_builder.training.run import RUN_MANIFEST, partial_dir, train
+
+    if (out / RUN_MANIFEST).is_file():
+        return json.loads((out / RUN_MANIFEST).read_text(encoding="utf-8"))
+    overrides = [*config.overrides, f"model={config.model}", f"output={out}", f"dataset.path={dataset}",
+                 "heldout=none", f"sft.seed={seed}"]
+    recipe = load_recipe(config.recipe, overrides)
+    resume = partial_dir(out).is_dir() and any((partial_dir(out) / "checkpoints").glob("checkpoint-*"))
+    return train(recipe, resume=resume, overwrite=not resume).manifest
+
+
+def _test_rows(spec: TaskSpec, with_options: bool, templates: int | None) -> dict[str, list[dict[str, Any]]]:
+    """template id -> the test rows rendered with it (the evaluator's row shape)."""
+    from flan_builder.sources import load_split
+    from flan_builder.templating import TaskRenderer
+
+    renderer = TaskRenderer(spec, with_options=with_options)
+    rows = load_split(spec, "eval", None)
+    chosen = [i for i, t in enumerate(spec.templates) if not t.inverted][:templates]
+    rendered: dict[str, list[dict[str, Any]]] = {spec.templates[i].id: [] for i in chosen}
+    for index, row in enumerate(rows.all()):
+        for example in renderer.render_all(row, chosen, split=rows.split, row_index=index):
+            record = dataclasses.asdict(example)
+            record["value"] = row.get("target")
+            rendered[example.template_id].append(record)
+    return rendered
+
+
+def _train_mean(spec: TaskSpec) -> float:
+    from flan_builder.sources import load_split
+
+    values = [row["target"] for row in load_split(spec, "train", None).all()]
+    return sum(values) / len(values)
+
+
+def evaluate_rows(model: Any, tokenizer: Any, spec: TaskSpec, rendered: dict[str, list[dict[str, Any]]],
+                  config: LiftConfig, train_mean: float | None) -> dict[str, Any]:
+    """Per template: accuracy (rank classification) or RMSE / RAE from parsed greedy answers."""
+    from flan_builder.evaluation.run import generate_greedy, score_classification
+    from flan_builder.lift.baselines import regression_scores
+
+    per_template: dict[str, dict[str, Any]] = {}
+    for template, rows in rendered.items():
+        if spec.type == "classification":
+            scores = score_classification(model, tokenizer, rows, "\n\n", config.with_options,
+                                          config.batch_size)
+            per_template[template] = {"accuracy": scores["acc"], "accuracy_norm": scores["acc_norm"],
+                                      "n": scores["n"]}
+            continue
+        prompts = [row["prompt"] for row in rows]
+        answers = generate_greedy(model, tokenizer, prompts, REGRESSION_MAX_NEW_TOKENS, config.batch_size)
+        parsed = [parse_number(a) for a in answers]
+        # An unparsable answer stays in the denominator: it is scored as the training mean
+        # (what the "mean" baseline predicts) and counted.
+        assert train_mean is not None
+        predicted = [p if p is not None else train_mean for p in parsed]
+        truth = [row["value"] for row in rows]
+        per_template[template] = {**regression_scores(truth, predicted, train_mean), "n": len(rows),
+                                  "unparsable": sum(p is None for p in parsed), "examples": answers[:3]}
+    return per_template
+
+
+# -- the whole run -------------------------------------------------------------------------------
+
+def _log(path: Path, record: dict[str, Any], records: list[dict[str, Any]]) -> None:
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+    records.append(record)
+
+
+def run_lift(config: LiftConfig) -> dict[str, Any]:
+    """Every (mode, seed): build, train, evaluate, baselines; then one atomic report."""
+    from flan_builder.atomic import atomic_directory, check_output_free
+    from flan_builder.lift.baselines import fit_baselines
+    from flan_builder.lift.report import write_report
+    from flan_builder.lift.tables import load_table, split_indices
+
+    started = time.perf_counter()
+    for mode in config.names:
+        if mode not in FEATURE_NAME_MODES:
+            raise FlanError(f"--names takes {', '.join(FEATURE_NAME_MODES)} (got {mode!r})")
+    if not config.seeds:
+        raise FlanError("--seeds needs at least one seed")
+    check_output_free(config.out, config.overwrite)
+    work = config.out.parent / f".{config.out.name}.partial"
+    work.mkdir(parents=True, exist_ok=True)
+    spec = task_spec(config, work)
+    table = load_table(spec.source.tabular or {}, base=spec.path.parent)
+    for seed in config.seeds:  # a split that cannot be made fails now, before any training
+        split_indices(table, seed, float((spec.source.tabular or {}).get("test_size", 0.2)))
+    log_path = work / "results.jsonl"
+    records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()] \
+        if log_path.is_file() else []
+    done = {(r["method"], r.get("names"), r["seed"]) for r in records}
+    print(f"lift {spec.name}: {len(table.rows)} rows, {len(table.feature_names)} features, {table.kind}; "
+          f"names {', '.join(config.names)}; seeds {', '.join(map(str, config.seeds))}", file=sys.stderr)
+
+    for seed in config.seeds:
+        if ("baselines", None, seed) not in done:
+            train_idx, test_idx = split_indices(table, seed, float(spec.source.tabular.get("test_size", 0.2)))
+            _log(log_path, {"method": "baselines", "names": None, "seed": seed,
+                            "scores": fit_baselines(table, train_idx, test_idx, seed),
+                            "train_rows": len(train_idx), "test_rows": len(test_idx)}, records)
+    for mode in config.names:
+        for seed in config.seeds:
+            variant = _variant(spec, mode, seed, config.digits)
+            rendered = _test_rows(variant, config.with_options, config.eval_templates)
+            mean = _train_mean(variant) if spec.type != "classification" else None
+            models = [("lift", None)] + ([("base", config.model)] if config.base else [])
+            for method, _ in models:
+                if (method, mode, seed) in done:
+                    continue
+                t0 = time.perf_counter()
+                run_info: dict[str, Any] = {}
+                if method == "lift":
+                    data = _build(variant, seed, work / "data" / f"{mode}-seed{seed}", config.with_options)
+                    run_dir = work / "runs" / f"{mode}-seed{seed}"
+                    manifest = _train(config, data, seed, run_dir)
+                    run_info = {"train_rows": manifest["dataset"]["rows_trained"],
+                                "steps": manifest["steps"], "tokens": manifest["tokens_seen"],
+                                "train_seconds": manifest.get("wall_time_s"),
+                                "final_loss": manifest["final_loss"], "run": str(run_dir)}
+                    model_name = str(run_dir)
+                else:
+                    model_name = config.model
+                from flan_builder.evaluation.loading import load_for_eval
+
+                model, tokenizer, _ = load_for_eval(model_name)
+                e0 = time.perf_counter()
+                per_template = evaluate_rows(model, tokenizer, variant, rendered, config, mean)
+                del model
+                _log(log_path, {"method": method, "names": mode, "seed": seed, "per_template": per_template,
+                                **run_info, "eval_seconds": round(time.perf_counter() - e0, 1),
+                                "seconds": round(time.perf_counter() - t0, 1)}, records)
+                print(f"  {method} names={mode} seed={seed}: {_summary(per_template)} "
+                      f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+
+    results = {
+        "kind": "flan-builder LIFT run", "task": spec.name, "task_kind": table.kind,
+        "table": {"origin": table.origin, "rows": len(table.rows), "features": len(table.feature_names),
+                  "classes": table.classes},
+        "model": config.model, "recipe": str(config.recipe), "overrides": config.overrides,
+        "names": config.names, "seeds": config.seeds, "with_options": config.with_options,
+        "eval_templates": [t.id for t in spec.templates if not t.inverted][:config.eval_templates],
+        "digits": config.digits,
+        "records": [r for r in records if r["seed"] in config.seeds
+                    and (r["names"] is None or r["names"] in config.names)],
+        "wall_time_s_this_invocation": round(time.perf_counter() - started, 1),
+    }
+    results["summary"] = summarise(results)
+    with atomic_directory(config.out, overwrite=config.overwrite) as tmp:
+        write_report(results, tmp)
+        if (work / "runs").is_dir():
+            shutil.copytree(work / "runs", tmp / "runs")  # the tuned adapters, one per (mode, seed)
+        if (work / "spec").is_dir():
+            shutil.copytree(work / "spec", tmp / "spec")
+    shutil.rmtree(work, ignore_errors=True)
+    print(f"wrote {config.out}/results.json, report.md, report.png", file=sys.stderr)
+    return results
+
+
+def _summary(per_template: dict[str, dict[str, Any]]) -> str:
+    key = "accuracy" if "accuracy" in next(iter(per_template.values())) else "rmse"
+    values = [s[key] for s in per_template.values()]
+    return f"{key} {statistics.fmean(values):.2f} over {len(values)} template(s)"
+
+
+def _mean_std(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n": len(values)}
+
+
+def summarise(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One line per method: each metric as mean ± std over seeds (a seed's score is its template mean)."""
+    metrics = ("accuracy",) if results["task_kind"] == "classification" else ("rmse", "rae")
+    lines: list[dict[str, Any]] = []
+    by_seed: dict[tuple[str, str | None], dict[str, list[float]]] = {}
+    extra: dict[tuple[str, str | None], dict[str, float]] = {}
+    for record in results["records"]:
+        if record["method"] == "baselines":
+            for name, scores in record["scores"].items():
+                slot = by_seed.setdefault((name, None), {m: [] for m in metrics})
+                for m in metrics:
+                    slot[m].append(scores[m])
+            continue
+        key = (record["method"], record["names"])
+        slot = by_seed.setdefault(key, {m: [] for m in metrics})
+        templates = record["per_template"].values()
+        for m in metrics:
+            slot[m].append(statistics.fmean(t[m] for t in templates))
+        info = extra.setdefault(key, {"unparsable": 0, "answers": 0, "seconds": 0.0})
+        info["unparsable"] += sum(t.get("unparsable", 0) for t in templates)
+        info["answers"] += sum(t["n"] for t in templates)
+        info["seconds"] += record.get("seconds", 0.0)
+    for (method, names), values in by_seed.items():
+        line: dict[str, Any] = {"method": method, "names": names}
+        line.update({m: _mean_std(v) for m, v in values.items()})
+        line.update(extra.get((method, names), {}))
+        lines.append(line)
+    return lines
