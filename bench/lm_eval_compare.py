@@ -36,7 +36,9 @@ def main() -> None:
     tokenizer = load_tokenizer(source)
     model = load_model(source, dtype=torch.float32).eval()
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=8)
-    rows = [r for r in load_from_disk(args.data)["heldout"] if r["options"]][: args.rows]
+    rows = [r for r in load_from_disk(args.data)["heldout"] if r["options"]]
+    # a spread of tasks and templates: every k-th row
+    rows = rows[:: max(len(rows) // args.rows, 1)][: args.rows]
     separator = "\n\n"
     ours = [s for r in rows
             for s in score_rows(model, [encode_row(tokenizer, r["prompt"], r["options"], separator)],
@@ -45,6 +47,7 @@ def main() -> None:
                          idx=k) for r in rows for k, o in enumerate(r["options"])]
     theirs_flat = [ll for ll, _ in lm.loglikelihood(requests)]
     diff, acc_same, norm_same, start = 0.0, 0, 0, 0
+    correct = {"ours acc": 0, "lm-eval acc": 0, "ours acc_norm": 0, "lm-eval acc_norm": 0}
     for row, mine in zip(rows, ours, strict=True):
         theirs = theirs_flat[start: start + len(mine)]
         start += len(mine)
@@ -57,8 +60,15 @@ def main() -> None:
 
         acc_same += pick(mine) == pick(theirs)
         norm_same += pick(mine, True) == pick(theirs, True)
-    print(f"{len(rows)} rows, {len(theirs_flat)} options: max |Δ log-likelihood| = {diff:.2e}; "
-          f"acc predictions agree on {acc_same}/{len(rows)}, acc_norm on {norm_same}/{len(rows)}")
+        gold = row["answer_index"]
+        correct["ours acc"] += pick(mine) == gold
+        correct["lm-eval acc"] += pick(theirs) == gold
+        correct["ours acc_norm"] += pick(mine, True) == gold
+        correct["lm-eval acc_norm"] += pick(theirs, True) == gold
+    tasks = sorted({r["task"] for r in rows})
+    print(f"{len(rows)} rows ({', '.join(tasks)}), {len(theirs_flat)} options: max |Δ log-likelihood| = "
+          f"{diff:.2e}; acc predictions agree on {acc_same}/{len(rows)}, acc_norm on {norm_same}/{len(rows)}")
+    print("; ".join(f"{name} {100 * n / len(rows):.2f}" for name, n in correct.items()))
 
 
 if __name__ == "__main__":

@@ -12,9 +12,16 @@ def _label(name: str) -> str:
     return Path(name).name or name
 
 
+def _models(results: dict[str, Any]) -> list[str]:
+    """The models in the order they were given (the base first)."""
+    given = [m["name"] for m in results.get("models", [])]
+    found = dict.fromkeys(d["model"] for d in results["datasets"])
+    return [m for m in given if m in found] + [m for m in found if m not in given]
+
+
 def table(results: dict[str, Any]) -> str:
     """Markdown: one row per (dataset, options), one column group per model, then the difference."""
-    models = list(dict.fromkeys(d["model"] for d in results["datasets"]))
+    models = _models(results)
     base = results["base"]
     by_key = {(d["task"], d["options"], d["model"]): d for d in results["datasets"]}
     keys = sorted({(d["task"], d["options"]) for d in results["datasets"]})
@@ -57,7 +64,7 @@ def _chart(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    models = list(dict.fromkeys(d["model"] for d in results["datasets"]))
+    models = _models(results)
     keys = sorted({(d["task"], d["options"]) for d in results["datasets"]})
     by_key = {(d["task"], d["options"], d["model"]): d for d in results["datasets"]}
     width = 0.8 / max(len(models), 1)
