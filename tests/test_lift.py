@@ -192,7 +192,7 @@ def test_bad_tables_are_one_line_errors(tmp_path, capsys, content, args, parts):
     path.write_text(content, encoding="utf-8")
     code = main(["lift", "--csv", str(path), *args, "--out", str(tmp_path / "out"), "--seeds", "0"])
     assert_one_line_error(code, capsys.readouterr().err, *parts)
-    assert not (tmp_path / "out").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv"]  # nothing left behind
 
 
 def test_bad_lift_arguments(tmp_path, capsys):
@@ -204,6 +204,9 @@ def test_bad_lift_arguments(tmp_path, capsys):
     assert_one_line_error(code, capsys.readouterr().err, "--names takes names, generic, shuffled")
     code = main(["lift", "--csv", str(tmp_path / "none.csv"), "--out", str(tmp_path / "o")])
     assert_one_line_error(code, capsys.readouterr().err, "needs --target")
+    code = main(["lift", "--dataset", "iris", "--eval-templates", "0", "--out", str(tmp_path / "o")])
+    assert_one_line_error(code, capsys.readouterr().err, "--eval-templates must be at least 1")
+    assert not (tmp_path / "o").exists()
 
 
 # -- the builder's tabular cluster ---------------------------------------------------------------

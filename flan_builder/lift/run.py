@@ -27,6 +27,7 @@ import yaml
 
 from flan_builder.errors import FlanError
 from flan_builder.specs import FEATURE_NAME_MODES, Registry, TaskSpec, load_registry, load_spec
+from flan_builder.templating import DEFAULT_SEPARATOR
 
 LIFT_RECIPE = Path(__file__).resolve().parent.parent.parent / "train" / "lift.yaml"
 REGRESSION_MAX_NEW_TOKENS = 12
@@ -173,7 +174,7 @@ def evaluate_rows(model: Any, tokenizer: Any, spec: TaskSpec, rendered: dict[str
     per_template: dict[str, dict[str, Any]] = {}
     for template, rows in rendered.items():
         if spec.type == "classification":
-            scores = score_classification(model, tokenizer, rows, "\n\n", config.with_options,
+            scores = score_classification(model, tokenizer, rows, DEFAULT_SEPARATOR, config.with_options,
                                           config.batch_size)
             per_template[template] = {"accuracy": scores["acc"], "accuracy_norm": scores["acc_norm"],
                                       "n": scores["n"]}
@@ -212,13 +213,23 @@ def run_lift(config: LiftConfig) -> dict[str, Any]:
             raise FlanError(f"--names takes {', '.join(FEATURE_NAME_MODES)} (got {mode!r})")
     if not config.seeds:
         raise FlanError("--seeds needs at least one seed")
+    if config.digits < 1:
+        raise FlanError(f"--digits must be at least 1 (got {config.digits})")
+    if config.eval_templates is not None and config.eval_templates < 1:
+        raise FlanError(f"--eval-templates must be at least 1 (got {config.eval_templates})")
     check_output_free(config.out, config.overwrite)
     work = config.out.parent / f".{config.out.name}.partial"
+    fresh = not work.exists()
     work.mkdir(parents=True, exist_ok=True)
-    spec = task_spec(config, work)
-    table = load_table(spec.source.tabular or {}, base=spec.path.parent)
-    for seed in config.seeds:  # a split that cannot be made fails now, before any training
-        split_indices(table, seed, float((spec.source.tabular or {}).get("test_size", 0.2)))
+    try:
+        spec = task_spec(config, work)
+        table = load_table(spec.source.tabular or {}, base=spec.path.parent)
+        for seed in config.seeds:  # a split that cannot be made fails now, before any training
+            split_indices(table, seed, float((spec.source.tabular or {}).get("test_size", 0.2)))
+    except FlanError:
+        if fresh:  # nothing was done: leave nothing behind
+            shutil.rmtree(work, ignore_errors=True)
+        raise
     log_path = work / "results.jsonl"
     records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()] \
         if log_path.is_file() else []
