@@ -204,8 +204,8 @@ def test_bad_lift_arguments(tmp_path, capsys):
     assert_one_line_error(code, capsys.readouterr().err, "--names takes names, generic, shuffled")
     code = main(["lift", "--csv", str(tmp_path / "none.csv"), "--out", str(tmp_path / "o")])
     assert_one_line_error(code, capsys.readouterr().err, "needs --target")
-    code = main(["lift", "--dataset", "iris", "--eval-templates", "0", "--out", str(tmp_path / "o")])
-    assert_one_line_error(code, capsys.readouterr().err, "--eval-templates must be at least 1")
+    code = main(["lift", "--dataset", "iris", "--templates", "0", "--out", str(tmp_path / "o")])
+    assert_one_line_error(code, capsys.readouterr().err, "--templates must be at least 1")
     assert not (tmp_path / "o").exists()
 
 
@@ -238,7 +238,7 @@ def test_lift_csv_classification_end_to_end(tmp_path, capsys, tiny_model_dir):
     path = _write_csv(tmp_path / "shop.csv")
     out = tmp_path / "report"
     code = main(["lift", "--csv", str(path), "--target", "size", "--model", str(tiny_model_dir),
-                 "--seeds", "0,1", "--eval-templates", "2", "--names", "names,generic", "--out", str(out),
+                 "--seeds", "0,1", "--templates", "2", "--names", "names,generic", "--out", str(out),
                  *QUICK])
     printed = capsys.readouterr().out
     assert code == 0
@@ -268,7 +268,7 @@ def test_lift_regression_counts_unparsable_answers(tmp_path, capsys, tiny_model_
     path = _write_csv(tmp_path / "shop.csv")
     out = tmp_path / "price"
     code = main(["lift", "--csv", str(path), "--target", "price", "--task", "regression",
-                 "--model", str(tiny_model_dir), "--seeds", "0", "--eval-templates", "1", "--no-base",
+                 "--model", str(tiny_model_dir), "--seeds", "0", "--no-base",
                  "--out", str(out), *QUICK])
     assert code == 0, capsys.readouterr().err
     results = json.loads((out / "results.json").read_text())
@@ -287,7 +287,7 @@ def test_lift_resumes_without_retraining(tmp_path, tiny_model_dir, monkeypatch):
     from flan_builder.lift.run import LiftConfig, run_lift
 
     config = LiftConfig(out=tmp_path / "iris", dataset="iris", model=str(tiny_model_dir), seeds=[0],
-                        eval_templates=1, overrides=QUICK[1::2])
+                        overrides=QUICK[1::2])
     real_evaluate = lift_run.evaluate_rows
     calls = []
 

@@ -9,7 +9,8 @@ EPILOG = """examples:
   flan lift --dataset iris --out reports/lift-iris            # train + evaluate + baselines
   flan lift --csv my.csv --target price --task regression --names shuffled --out reports/price
   flan lift --dataset wine --names names,generic,shuffled --out reports/wine-names   # the ablation
-  flan lift --dataset iris --seeds 0 --eval-templates 2 --set sft.num_train_epochs=1 --out /tmp/quick
+  flan lift --dataset iris --templates 10 --out reports/iris-10     # all ten phrasings, FLAN-style
+  flan lift --dataset iris --seeds 0 --set sft.num_train_epochs=1 --out /tmp/quick
 Bundled tables (scikit-learn, offline): iris, wine, breast_cancer, digits (classification),
 diabetes (regression). A run resumes where it stopped when started again with the same --out.
 """
@@ -35,7 +36,7 @@ def cmd_lift(args: argparse.Namespace) -> int:
     results = run_lift(LiftConfig(
         out=Path(args.out), dataset=args.dataset, csv=Path(args.csv) if args.csv else None,
         target=args.target, kind=args.task, model=args.model, names=args.names, seeds=args.seeds,
-        recipe=Path(args.recipe), overrides=list(args.set or []), eval_templates=args.eval_templates,
+        recipe=Path(args.recipe), overrides=list(args.set or []), templates=args.templates,
         with_options=not args.no_options, base=not args.no_base, batch_size=args.batch_size,
         digits=args.digits, overwrite=args.overwrite,
     ))
@@ -65,8 +66,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--recipe", default=str(LIFT_RECIPE), help="training recipe (train/lift.yaml)")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override a recipe field, e.g. sft.num_train_epochs=5 (repeatable)")
-    parser.add_argument("--eval-templates", type=int, default=None, metavar="K",
-                        help="evaluate on the first K templates (default: all 10)")
+    parser.add_argument("--templates", type=int, default=1, metavar="K",
+                        help="train and evaluate with the first K serialisations (default 1, LIFT's "
+                             "protocol; 10: every phrasing, one drawn per training row)")
     parser.add_argument("--no-options", action="store_true", help="leave out the OPTIONS suffix")
     parser.add_argument("--no-base", action="store_true", help="skip the untuned model's zero-shot rows")
     parser.add_argument("--batch-size", type=_batch_size, default="auto", help="'auto' or rows per batch")

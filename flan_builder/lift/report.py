@@ -83,7 +83,7 @@ def write_report(results: dict[str, Any], folder: Path) -> None:
               f"{' stratified by class' if results['task_kind'] == 'classification' else ''}, seeds {seeds}; "
               f"every method uses the same splits. LIFT: `{results['model']}` tuned with "
               f"`{results['recipe']}` {' '.join(results['overrides'])}; scored on "
-              f"{len(results['eval_templates'])} template(s) "
+              f"{len(results['templates'])} template(s) ({', '.join(results['templates'])}) "
               + ("by rank classification over the class names"
                  if results["task_kind"] == "classification"
                  else "by greedy generation parsed as a number (an unparsable answer is scored as the "

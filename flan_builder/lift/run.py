@@ -1,11 +1,11 @@
 """``flan lift``: tabular rows as text -> LoRA-tuned LM vs scikit-learn baselines, one report.
 
 For each feature-name mode and seed: the task's spec (with that mode and split seed) goes
-through the ordinary builder (train split: each training row with one template drawn at
-random) and trainer (recipe ``train/lift.yaml``); the tuned model and, for comparison,
-the untuned one are evaluated on the test rows with the first ``eval_templates``
-templates (rank classification over the class names, or greedy generation parsed as a
-number); the baselines are fitted on the same split. Each finished piece is appended to
+through the ordinary builder (train split: each training row rendered with one of the
+first ``templates`` templates, drawn at random) and trainer (recipe ``train/lift.yaml``);
+the tuned model and, for comparison, the untuned one are evaluated on the test rows with
+those templates (rank classification over the class names, or greedy generation parsed
+as a number); the baselines are fitted on the same split. Each finished piece is appended to
 ``.<out>.partial/results.jsonl`` and each trained adapter kept there, so an interrupted
 run resumes; the report is written atomically at the end.
 """
@@ -46,7 +46,9 @@ class LiftConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     recipe: Path = LIFT_RECIPE
     overrides: list[str] = field(default_factory=list)
-    eval_templates: int | None = None  # first K templates for evaluation (default: all)
+    # Train and evaluate with the first K templates. 1 is LIFT's protocol (one serialisation);
+    # None uses all ten phrasings, FLAN-style (each training row gets one drawn at random).
+    templates: int | None = 1
     with_options: bool = True
     base: bool = True  # also evaluate the untuned model on the same rows
     batch_size: int | str = "auto"
@@ -118,13 +120,14 @@ def _variant(spec: TaskSpec, mode: str, seed: int, digits: int) -> TaskSpec:
 
 # -- one (mode, seed) ----------------------------------------------------------------------------
 
-def _build(spec: TaskSpec, seed: int, out: Path, with_options: bool) -> Path:
+def _build(spec: TaskSpec, seed: int, out: Path, with_options: bool, templates: int | None) -> Path:
     from flan_builder.build import BuildConfig, build
+    from flan_builder.mixing import MixingConfig
 
     if not (out / "manifest.json").is_file():
         registry = Registry(tasks={spec.name: spec}, root=spec.path.parent.parent)
         build(BuildConfig(heldout=None, out=out, seed=seed, tasks=[spec.name], with_options=with_options,
-                          overwrite=True), registry=registry)
+                          mixing=MixingConfig(max_templates=templates), overwrite=True), registry=registry)
     return out
 
 
@@ -215,8 +218,8 @@ def run_lift(config: LiftConfig) -> dict[str, Any]:
         raise FlanError("--seeds needs at least one seed")
     if config.digits < 1:
         raise FlanError(f"--digits must be at least 1 (got {config.digits})")
-    if config.eval_templates is not None and config.eval_templates < 1:
-        raise FlanError(f"--eval-templates must be at least 1 (got {config.eval_templates})")
+    if config.templates is not None and config.templates < 1:
+        raise FlanError(f"--templates must be at least 1 (got {config.templates})")
     check_output_free(config.out, config.overwrite)
     work = config.out.parent / f".{config.out.name}.partial"
     fresh = not work.exists()
@@ -246,7 +249,7 @@ def run_lift(config: LiftConfig) -> dict[str, Any]:
     for mode in config.names:
         for seed in config.seeds:
             variant = _variant(spec, mode, seed, config.digits)
-            rendered = _test_rows(variant, config.with_options, config.eval_templates)
+            rendered = _test_rows(variant, config.with_options, config.templates)
             mean = _train_mean(variant) if spec.type != "classification" else None
             models = [("lift", None)] + ([("base", config.model)] if config.base else [])
             for method, _ in models:
@@ -255,7 +258,8 @@ def run_lift(config: LiftConfig) -> dict[str, Any]:
                 t0 = time.perf_counter()
                 run_info: dict[str, Any] = {}
                 if method == "lift":
-                    data = _build(variant, seed, work / "data" / f"{mode}-seed{seed}", config.with_options)
+                    data = _build(variant, seed, work / "data" / f"{mode}-seed{seed}", config.with_options,
+                                  config.templates)
                     run_dir = work / "runs" / f"{mode}-seed{seed}"
                     manifest = _train(config, data, seed, run_dir)
                     run_info = {"train_rows": manifest["dataset"]["rows_trained"],
@@ -283,7 +287,7 @@ def run_lift(config: LiftConfig) -> dict[str, Any]:
                   "classes": table.classes},
         "model": config.model, "recipe": str(config.recipe), "overrides": config.overrides,
         "names": config.names, "seeds": config.seeds, "with_options": config.with_options,
-        "eval_templates": [t.id for t in spec.templates if not t.inverted][:config.eval_templates],
+        "templates": [t.id for t in spec.templates if not t.inverted][:config.templates],
         "digits": config.digits,
         "records": [r for r in records if r["seed"] in config.seeds
                     and (r["names"] is None or r["names"] in config.names)],
