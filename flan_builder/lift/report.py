@@ -82,7 +82,7 @@ def write_report(results: dict[str, Any], folder: Path) -> None:
               f"{results['table']['features']} features. Split 80/20"
               f"{' stratified by class' if results['task_kind'] == 'classification' else ''}, seeds {seeds}; "
               f"every method uses the same splits. LIFT: `{results['model']}` tuned with "
-              f"`{results['recipe']}` {' '.join(results['overrides'])}; scored on "
+              f"`{results['recipe']}`{''.join(' ' + o for o in results['overrides'])}; scored on "
               f"{len(results['templates'])} template(s) ({', '.join(results['templates'])}) "
               + ("by rank classification over the class names"
                  if results["task_kind"] == "classification"

@@ -285,7 +285,7 @@ def run_lift(config: LiftConfig) -> dict[str, Any]:
         "kind": "flan-builder LIFT run", "task": spec.name, "task_kind": table.kind,
         "table": {"origin": table.origin, "rows": len(table.rows), "features": len(table.feature_names),
                   "classes": table.classes},
-        "model": config.model, "recipe": str(config.recipe), "overrides": config.overrides,
+        "model": config.model, "recipe": _shown_path(config.recipe), "overrides": config.overrides,
         "names": config.names, "seeds": config.seeds, "with_options": config.with_options,
         "templates": [t.id for t in spec.templates if not t.inverted][:config.templates],
         "digits": config.digits,
@@ -303,6 +303,14 @@ def run_lift(config: LiftConfig) -> dict[str, Any]:
     shutil.rmtree(work, ignore_errors=True)
     print(f"wrote {config.out}/results.json, report.md, report.png", file=sys.stderr)
     return results
+
+
+def _shown_path(path: Path) -> str:
+    """A path relative to the working directory when it is under it (reports travel)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _summary(per_template: dict[str, dict[str, Any]]) -> str:
