@@ -174,6 +174,12 @@ def test_csv_table_kinds_and_classes(tmp_path):
     assert isinstance(table.rows[0][0], float) and table.rows[0][2] in ("red", "blue")
     price = load_file(path, "price")
     assert price.kind == "regression" and isinstance(price.target[0], float)
+    import pandas as pd  # the same table as parquet reads the same
+
+    pd.read_csv(path).to_parquet(tmp_path / "shop.parquet")
+    parquet = load_file(tmp_path / "shop.parquet", "size")
+    assert parquet.classes == table.classes and parquet.target == table.target
+    assert parquet.rows == table.rows
 
 
 @pytest.mark.parametrize(("content", "args", "parts"), [
