@@ -94,8 +94,8 @@ def plan_split(
         if wanted is not None and spec.name not in wanted:
             excluded[spec.name] = "not in --tasks"
             continue
-        if spec.opt_in and spec.name not in (wanted or ()) and \
-                not set(spec.clusters) & set(with_clusters or ()):
+        # a task named in --tasks is asked for already
+        if spec.opt_in and wanted is None and not set(spec.clusters) & set(with_clusters or ()):
             excluded[spec.name] = f"opt-in cluster {spec.cluster}; add --with {spec.cluster} to train on it"
             continue
         if train_clusters and not set(spec.clusters) & set(train_clusters):

@@ -16,11 +16,9 @@ diabetes (regression). A run resumes where it stopped when started again with th
 """
 
 
-def _csv(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
-
-
 def _seeds(value: str) -> list[int]:
+    from flan_builder.cli import _csv
+
     try:
         return [int(v) for v in _csv(value)]
     except ValueError:
@@ -46,6 +44,7 @@ def cmd_lift(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``flan lift`` to the top-level parser."""
+    from flan_builder.cli import _csv
     from flan_builder.evaluation.cli import _batch_size
     from flan_builder.lift.run import LIFT_RECIPE
 

@@ -161,13 +161,6 @@ def _test_rows(spec: TaskSpec, with_options: bool, templates: int | None) -> dic
     return rendered
 
 
-def _train_mean(spec: TaskSpec) -> float:
-    from flan_builder.sources import load_split
-
-    values = [row["target"] for row in load_split(spec, "train", None).all()]
-    return sum(values) / len(values)
-
-
 def evaluate_rows(model: Any, tokenizer: Any, spec: TaskSpec, rendered: dict[str, list[dict[str, Any]]],
                   config: LiftConfig, train_mean: float | None) -> dict[str, Any]:
     """Per template: accuracy (rank classification) or RMSE / RAE from parsed greedy answers."""
@@ -206,6 +199,7 @@ def _log(path: Path, record: dict[str, Any], records: list[dict[str, Any]]) -> N
 def run_lift(config: LiftConfig) -> dict[str, Any]:
     """Every (mode, seed): build, train, evaluate, baselines; then one atomic report."""
     from flan_builder.atomic import atomic_directory, check_output_free
+    from flan_builder.evaluation.loading import load_for_eval
     from flan_builder.lift.baselines import fit_baselines
     from flan_builder.lift.report import write_report
     from flan_builder.lift.tables import load_table, split_indices
@@ -226,9 +220,10 @@ def run_lift(config: LiftConfig) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     try:
         spec = task_spec(config, work)
-        table = load_table(spec.source.tabular or {}, base=spec.path.parent)
-        for seed in config.seeds:  # a split that cannot be made fails now, before any training
-            split_indices(table, seed, float((spec.source.tabular or {}).get("test_size", 0.2)))
+        source = spec.source.tabular or {}
+        table = load_table(source, base=spec.path.parent)
+        # seed -> (train, test) row indices; a split that cannot be made fails now, before any training
+        splits = {seed: split_indices(table, seed, float(source["test_size"])) for seed in config.seeds}
     except FlanError:
         if fresh:  # nothing was done: leave nothing behind
             shutil.rmtree(work, ignore_errors=True)
@@ -240,9 +235,8 @@ def run_lift(config: LiftConfig) -> dict[str, Any]:
     print(f"lift {spec.name}: {len(table.rows)} rows, {len(table.feature_names)} features, {table.kind}; "
           f"names {', '.join(config.names)}; seeds {', '.join(map(str, config.seeds))}", file=sys.stderr)
 
-    for seed in config.seeds:
+    for seed, (train_idx, test_idx) in splits.items():
         if ("baselines", None, seed) not in done:
-            train_idx, test_idx = split_indices(table, seed, float(spec.source.tabular.get("test_size", 0.2)))
             _log(log_path, {"method": "baselines", "names": None, "seed": seed,
                             "scores": fit_baselines(table, train_idx, test_idx, seed),
                             "train_rows": len(train_idx), "test_rows": len(test_idx)}, records)
@@ -250,9 +244,10 @@ def run_lift(config: LiftConfig) -> dict[str, Any]:
         for seed in config.seeds:
             variant = _variant(spec, mode, seed, config.digits)
             rendered = _test_rows(variant, config.with_options, config.templates)
-            mean = _train_mean(variant) if spec.type != "classification" else None
-            models = [("lift", None)] + ([("base", config.model)] if config.base else [])
-            for method, _ in models:
+            train_idx = splits[seed][0]
+            mean = sum(table.target[i] for i in train_idx) / len(train_idx) \
+                if spec.type != "classification" else None
+            for method in ["lift", "base"] if config.base else ["lift"]:
                 if (method, mode, seed) in done:
                     continue
                 t0 = time.perf_counter()
@@ -269,8 +264,6 @@ def run_lift(config: LiftConfig) -> dict[str, Any]:
                     model_name = str(run_dir)
                 else:
                     model_name = config.model
-                from flan_builder.evaluation.loading import load_for_eval
-
                 model, tokenizer, _ = load_for_eval(model_name)
                 e0 = time.perf_counter()
                 per_template = evaluate_rows(model, tokenizer, variant, rendered, config, mean)
