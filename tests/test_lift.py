@@ -322,3 +322,51 @@ def test_lift_resumes_without_retraining(tmp_path, tiny_model_dir, monkeypatch):
     assert [r["method"] for r in results["records"]] == ["baselines", "lift", "base"]
     assert results["summary"][0]["accuracy"]["n"] == 1
     assert (config.out / "results.json").is_file()
+
+
+def test_lift_extend_adds_seeds_and_modes_without_retraining(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    from flan_builder.lift import run as lift_run
+    from flan_builder.lift.run import LiftConfig, run_lift
+
+    out = tmp_path / "iris"
+    first = run_lift(LiftConfig(out=out, dataset="iris", model=str(tiny_model_dir), seeds=[0], base=False,
+                                overrides=QUICK[1::2]))
+    first_lift = next(r for r in first["records"] if r["method"] == "lift")
+
+    trained = []
+    real_train = lift_run._train
+
+    def counting_train(config, dataset, seed, run_dir):
+        trained.append(run_dir.name)
+        return real_train(config, dataset, seed, run_dir)
+
+    monkeypatch.setattr(lift_run, "_train", counting_train)
+    # settings that differ from the report's are refused before any work, and the report is untouched
+    code = main(["lift", "--dataset", "iris", "--model", str(tiny_model_dir), "--seeds", "1", "--no-base",
+                 "--digits", "3", "--extend", "--out", str(out), *QUICK])
+    assert code == 2 and "digits = 4" in capsys.readouterr().err
+    assert not trained and not (tmp_path / ".iris.partial").exists()
+
+    results = run_lift(LiftConfig(out=out, dataset="iris", model=str(tiny_model_dir), seeds=[0, 1],
+                                  base=False, overrides=QUICK[1::2], extend=True))
+    assert trained == ["names-seed1"]  # names-seed0 is the report's
+    assert results["seeds"] == [0, 1] and results["names"] == ["names"]
+    kept = next(r for r in results["records"] if r["method"] == "lift" and r["names"] == "names"
+                and r["seed"] == 0)
+    assert kept == first_lift
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["names-seed0", "names-seed1"]
+    assert next(line for line in results["summary"] if line["method"] == "lift")["accuracy"]["n"] == 2
+    assert [r["seed"] for r in results["records"] if r["method"] == "baselines"] == [0, 1]
+    report = (out / "report.md").read_text()
+    assert "## Per seed" in report and "| seed 0 | seed 1 |" in report
+    assert not list(tmp_path.glob(".iris*"))
+
+    # a sparse addition: one more mode on one seed; every earlier row stays in the table
+    trained.clear()
+    results = run_lift(LiftConfig(out=out, dataset="iris", model=str(tiny_model_dir), seeds=[1],
+                                  names=["shuffled"], base=False, overrides=QUICK[1::2], extend=True))
+    assert trained == ["shuffled-seed1"]
+    counts = {line["names"]: line["accuracy"]["n"] for line in results["summary"] if line["method"] == "lift"}
+    assert counts == {"names": 2, "shuffled": 1} and results["names"] == ["names", "shuffled"]
+    rows = [line for line in (out / "report.md").read_text().splitlines() if "(names: shuffled)" in line]
+    assert rows[0].endswith("| 1 |") and rows[1].split("|")[2].strip() == "-"  # no seed-0 score

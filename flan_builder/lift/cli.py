@@ -13,6 +13,7 @@ EPILOG = """examples:
   flan lift --dataset iris --seeds 0 --set sft.num_train_epochs=1 --out /tmp/quick
 Bundled tables (scikit-learn, offline): iris, wine, breast_cancer, digits (classification),
 diabetes (regression). A run resumes where it stopped when started again with the same --out.
+  flan lift --dataset wine --seeds 0,1,2 --extend --out reports/lift-wine   # add seeds 1, 2 to a report
 """
 
 
@@ -36,7 +37,7 @@ def cmd_lift(args: argparse.Namespace) -> int:
         target=args.target, kind=args.task, model=args.model, names=args.names, seeds=args.seeds,
         recipe=Path(args.recipe), overrides=list(args.set or []), templates=args.templates,
         with_options=not args.no_options, base=not args.no_base, batch_size=args.batch_size,
-        digits=args.digits, overwrite=args.overwrite,
+        digits=args.digits, overwrite=args.overwrite, extend=args.extend,
     ))
     print(table(results))
     return 0
@@ -72,5 +73,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-base", action="store_true", help="skip the untuned model's zero-shot rows")
     parser.add_argument("--batch-size", type=_batch_size, default="auto", help="'auto' or rows per batch")
     parser.add_argument("--digits", type=int, default=4, help="significant digits of numbers in text")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing report directory")
+    replace = parser.add_mutually_exclusive_group()
+    replace.add_argument("--overwrite", action="store_true", help="replace an existing report directory")
+    replace.add_argument("--extend", action="store_true",
+                         help="add seeds or name modes to the finished report at --out, keeping its "
+                              "runs (same settings only)")
     parser.set_defaults(func=cmd_lift)

@@ -32,21 +32,44 @@ def table(results: dict[str, Any]) -> str:
     order = {"lift": 0, "base": 1}
     lines_ = sorted(results["summary"], key=lambda s: (order.get(s["method"], 2), str(s["names"])))
     if classification:
-        header = ["method", "accuracy % (mean ± std over seeds)"]
+        header = ["method", "accuracy % (mean ± std over seeds)", "seeds"]
     else:
-        header = ["method", "RMSE (mean ± std)", "RAE (mean ± std)", "unparsable answers"]
+        header = ["method", "RMSE (mean ± std)", "RAE (mean ± std)", "seeds", "unparsable answers"]
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for line in lines_:
         cells = [_label(line, results["model"])]
         if classification:
-            cells.append(_cell(line["accuracy"]))
+            cells += [_cell(line["accuracy"]), str(line["accuracy"]["n"])]
         else:
             unparsable = (f"{int(line['unparsable'])} / {int(line['answers'])}" if "answers" in line
                           else "-")
-            cells += [_cell(line["rmse"]), _cell(line["rae"], 3), unparsable]
+            cells += [_cell(line["rmse"]), _cell(line["rae"], 3), str(line["rmse"]["n"]), unparsable]
         out.append("| " + " | ".join(cells) + " |")
     for name, value in PUBLISHED.get(results["task"], {}).items() if classification else []:
-        out.append(f"| published: {name} (Dinh et al. 2022; not run here) | {value:.2f} |")
+        out.append(f"| published: {name} (Dinh et al. 2022; not run here) | {value:.2f} | - |")
+    return "\n".join(out)
+
+
+def per_seed_table(results: dict[str, Any]) -> str:
+    """Markdown: each method's score on each seed's split (a seed's LIFT score is its template mean)."""
+    metric = "accuracy" if results["task_kind"] == "classification" else "rmse"
+    seeds = sorted({r["seed"] for r in results["records"]})
+    scores: dict[str, dict[int, float]] = {}
+    for record in results["records"]:
+        if record["method"] == "baselines":
+            for name, values in record["scores"].items():
+                scores.setdefault(name.replace("_", " "), {})[record["seed"]] = values[metric]
+        else:
+            label = _label(record, results["model"])
+            templates = record["per_template"].values()
+            scores.setdefault(label, {})[record["seed"]] = sum(t[metric] for t in templates) / len(templates)
+    out = ["| method | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---|" * len(seeds)]
+    first = [label for label in scores if label.startswith("LIFT")] + \
+        [label for label in scores if "untuned" in label]
+    for label in first + [label for label in scores if label not in first]:
+        by_seed = scores[label]
+        out.append(f"| {label} | " + " | ".join(f"{by_seed[s]:.2f}" if s in by_seed else "-" for s in seeds)
+                   + " |")
     return "\n".join(out)
 
 
@@ -67,7 +90,7 @@ def _chart(results: dict[str, Any], path: Path) -> None:
     ax.bar(range(len(lines_)), means, yerr=stds, capsize=3, color=colours)
     ax.set_xticks(range(len(lines_)))
     ax.set_xticklabels(labels, fontsize=7, rotation=30, ha="right")
-    ax.set_ylabel(f"{metric} (mean ± std over {len(results['seeds'])} seeds)")
+    ax.set_ylabel(f"{metric} (mean ± std over seeds)")
     ax.set_title(f"LIFT on {results['task']} ({results['task_kind']})")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -89,7 +112,9 @@ def write_report(results: dict[str, Any], folder: Path) -> None:
                  else "by greedy generation parsed as a number (an unparsable answer is scored as the "
                       "training mean and counted)")
               + ". A seed's score is the mean over templates.\n\n")
-    (folder / "report.md").write_text(header + table(results) + "\n\n![chart](report.png)\n",
+    metric = "accuracy %" if results["task_kind"] == "classification" else "RMSE"
+    (folder / "report.md").write_text(header + table(results) + "\n\n![chart](report.png)\n\n"
+                                      f"## Per seed ({metric})\n\n" + per_seed_table(results) + "\n",
                                       encoding="utf-8")
     _chart(results, folder / "report.png")
     write_json_atomic(folder / "results.json", results)  # last: marks a complete report

@@ -54,6 +54,9 @@ class LiftConfig:
     batch_size: int | str = "auto"
     digits: int = 4
     overwrite: bool = False
+    # Add to a finished report at ``out``: keep its runs and scores, train only the (mode, seed)
+    # pairs it lacks, and rewrite it covering both (the settings must match).
+    extend: bool = False
 
 
 def parse_number(text: str) -> float | None:
@@ -214,16 +217,19 @@ def run_lift(config: LiftConfig) -> dict[str, Any]:
         raise FlanError(f"--digits must be at least 1 (got {config.digits})")
     if config.templates is not None and config.templates < 1:
         raise FlanError(f"--templates must be at least 1 (got {config.templates})")
-    check_output_free(config.out, config.overwrite)
+    check_output_free(config.out, config.overwrite or config.extend)
     work = config.out.parent / f".{config.out.name}.partial"
     fresh = not work.exists()
     work.mkdir(parents=True, exist_ok=True)
     try:
         spec = task_spec(config, work)
+        # the report covers these; this invocation trains only config.names x config.seeds
+        all_names, all_seeds = _adopt_report(config, spec, work) if config.extend else \
+            (config.names, config.seeds)
         source = spec.source.tabular or {}
         table = load_table(source, base=spec.path.parent)
         # seed -> (train, test) row indices; a split that cannot be made fails now, before any training
-        splits = {seed: split_indices(table, seed, float(source["test_size"])) for seed in config.seeds}
+        splits = {seed: split_indices(table, seed, float(source["test_size"])) for seed in all_seeds}
     except FlanError:
         if fresh:  # nothing was done: leave nothing behind
             shutil.rmtree(work, ignore_errors=True)
@@ -278,16 +284,13 @@ def run_lift(config: LiftConfig) -> dict[str, Any]:
         "kind": "flan-builder LIFT run", "task": spec.name, "task_kind": table.kind,
         "table": {"origin": table.origin, "rows": len(table.rows), "features": len(table.feature_names),
                   "classes": table.classes},
-        "model": config.model, "recipe": _shown_path(config.recipe), "overrides": config.overrides,
-        "names": config.names, "seeds": config.seeds, "with_options": config.with_options,
-        "templates": [t.id for t in spec.templates if not t.inverted][:config.templates],
-        "digits": config.digits,
-        "records": [r for r in records if r["seed"] in config.seeds
-                    and (r["names"] is None or r["names"] in config.names)],
+        **_settings(config, spec), "names": all_names, "seeds": all_seeds,
+        "records": [r for r in records if r["seed"] in all_seeds
+                    and (r["names"] is None or r["names"] in all_names)],
         "wall_time_s_this_invocation": round(time.perf_counter() - started, 1),
     }
     results["summary"] = summarise(results)
-    with atomic_directory(config.out, overwrite=config.overwrite) as tmp:
+    with atomic_directory(config.out, overwrite=config.overwrite or config.extend) as tmp:
         write_report(results, tmp)
         if (work / "runs").is_dir():
             shutil.copytree(work / "runs", tmp / "runs")  # the tuned adapters, one per (mode, seed)
@@ -296,6 +299,46 @@ def run_lift(config: LiftConfig) -> dict[str, Any]:
     shutil.rmtree(work, ignore_errors=True)
     print(f"wrote {config.out}/results.json, report.md, report.png", file=sys.stderr)
     return results
+
+
+def _settings(config: LiftConfig, spec: TaskSpec) -> dict[str, Any]:
+    """What must agree for two runs' scores to share one table."""
+    return {"task": spec.name, "model": config.model, "recipe": _shown_path(config.recipe),
+            "overrides": config.overrides, "with_options": config.with_options,
+            "templates": [t.id for t in spec.templates if not t.inverted][:config.templates],
+            "digits": config.digits}
+
+
+def _adopt_report(config: LiftConfig, spec: TaskSpec, work: Path) -> tuple[list[str], list[int]]:
+    """--extend: seed the work folder with a finished report's scores and adapters.
+
+    Returns the name modes and seeds the rewritten report covers: the report's and the requested
+    ones together, so it loses nothing. Only the requested (mode, seed) pairs that the report lacks
+    are trained (a sparse grid is fine: the table says how many seeds each row has). A report made
+    with other settings is refused.
+    """
+    report = config.out / "results.json"
+    if not report.is_file():
+        if config.out.exists():
+            raise FlanError(f"--extend: {config.out} holds no finished LIFT report (no results.json); "
+                            "choose another --out or pass --overwrite")
+        return config.names, config.seeds  # nothing to extend yet: an ordinary run
+    old = json.loads(report.read_text(encoding="utf-8"))
+    wanted = _settings(config, spec)
+    for key, value in wanted.items():
+        same = (Path(str(old.get(key))).resolve() == Path(config.recipe).resolve() if key == "recipe"
+                else old.get(key) == value)  # a recipe is shown relative to where each run started
+        if not same:
+            raise FlanError(f"--extend: {config.out} was made with {key} = {old.get(key)!r}, this run has "
+                            f"{value!r}; scores from different settings cannot share a table. Use the "
+                            "same settings or another --out")
+    log_path = work / "results.jsonl"
+    if not log_path.is_file():  # an interrupted extension already holds them
+        if (config.out / "runs").is_dir() and not (work / "runs").exists():
+            shutil.copytree(config.out / "runs", work / "runs")
+        text = "".join(json.dumps(r) + "\n" for r in old["records"])
+        log_path.write_text(text, encoding="utf-8")
+    return list(dict.fromkeys([*old["names"], *config.names])), sorted(set(old["seeds"]) | set(config.seeds))
 
 
 def _shown_path(path: Path) -> str:
