@@ -126,6 +126,10 @@ def test_generation_rows_are_decoded_and_scored_with_the_shipped_metric(tmp_path
     ("flan_rouge", ["the cat sat"], [["the cat sat"]], {"rougeL": 100.0}),
     ("flan_sacrebleu", ["the cat sat on the mat"], [["the cat sat on the mat"]],
      {"bleu": 100.0, "chrf": 100.0}),
+    # 'no idea' has no number: scored as the references' mean (250 / 3), and counted
+    ("flan_regression", ["151 points", "no idea", "-3"], [["150"], ["100"], ["0"]],
+     {"rmse": ((1 + (250 / 3 - 100) ** 2 + 9) / 3) ** 0.5, "mae": (1 + (100 - 250 / 3) + 3) / 3,
+      "unparsable": 1}),
 ])
 def test_shipped_metric_modules_load_offline_by_path(module, predictions, references, expected):
     import evaluate
@@ -151,3 +155,28 @@ def test_adapters_of_other_methods_load_onto_their_base_from_the_run_manifest(
     results = evaluate_models(_config(tmp_path, [tiny_model_dir, run_dir], toy_build, limit=4,
                                       templates=2))
     assert {r["model"] for r in results["records"]} == {str(tiny_model_dir), str(run_dir)}
+
+
+def test_tabular_regression_is_scored_by_rmse_and_kept_out_of_the_cluster_mean(tiny_model_dir):
+    from flan_builder.evaluation.loading import load_for_eval
+    from flan_builder.evaluation.run import _aggregate, score_generation
+
+    model, tokenizer, _ = load_for_eval(str(tiny_model_dir))
+    rows = [{"prompt": f"age is {40 + i}, bmi is 2{i}.1. Progression?", "input": f"age is {40 + i}.",
+             "references": [str(100 + 10 * i)], "target": str(100 + 10 * i)} for i in range(4)]
+    scores = score_generation(model, tokenizer, rows, "tabular", True, 2, from_hub=True)  # local only
+    assert set(scores) == {"rmse", "mae", "unparsable", "n", "examples"} and scores["n"] == 4
+    assert scores["rmse"] >= scores["mae"] >= 0 and 0 <= scores["unparsable"] <= 4
+    # the same rows outside the tabular cluster stay QA (a number can be a short answer)
+    assert "exact_match" in score_generation(model, tokenizer, rows, "closed_book_qa", True, 2, False)
+
+    def record(task, template, metric, value):
+        return {"model": "m", "options": True, "task": task, "cluster": "tabular", "template": template,
+                "metric": metric, "scores": {metric: value, "acc_norm": value}}
+
+    summary = _aggregate([record("diabetes", "t1", "rmse", 60.0), record("diabetes", "t2", "rmse", 80.0),
+                          record("iris", "t1", "acc", 50.0), record("iris", "t2", "acc", 70.0)])
+    diabetes = next(d for d in summary["datasets"] if d["task"] == "diabetes")
+    assert (diabetes["best"], diabetes["worst"], diabetes["best_template"]) == (60.0, 80.0, "t1")
+    assert summary["clusters"] == [{"model": "m", "options": True, "cluster": "tabular", "mean": 60.0,
+                                    "datasets": 1}]  # iris alone: RMSE is not averaged with accuracy

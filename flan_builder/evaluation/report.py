@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from flan_builder.atomic import write_json_atomic
+from flan_builder.evaluation.run import LOWER_IS_BETTER
 
 
 def _label(name: str) -> str:
@@ -48,7 +49,11 @@ def table(results: dict[str, Any]) -> str:
                      if c["cluster"] == cluster and c["options"] == options}
             if not means:
                 continue
-            cells = [f"**{cluster} (mean of datasets)**", "yes" if options else "no", "", ""]
+            apart = sorted({d["task"] for d in results["datasets"]
+                            if d["cluster"] == cluster and d["metric"] in LOWER_IS_BETTER})
+            label = f"mean of datasets; {', '.join(apart)} left out: an error, not a score" if apart \
+                else "mean of datasets"
+            cells = [f"**{cluster} ({label})**", "yes" if options else "no", "", ""]
             for model in models:
                 cells += [f"**{means[model]:.1f}**" if model in means else "-", ""]
             for model in others:

@@ -27,6 +27,22 @@ GENERATION = {
     "struct_to_text": ("flan_rouge", "rouge", ("rougeL", "rouge1", "rouge2"), 96),
 }
 QA = ("flan_qa", "squad", ("exact_match", "f1"), 32)
+# Tabular regression (a number as the answer, e.g. diabetes): error metrics, lower is better. No
+# Hub counterpart reads numbers out of generated text, so it is local only.
+REGRESSION = ("flan_regression", None, ("rmse", "mae", "unparsable"), 12)
+LOWER_IS_BETTER = {"rmse", "mae"}
+
+
+def _is_regression(rows: list[dict[str, Any]], cluster: str) -> bool:
+    """A tabular task whose references are plain numbers: regression, not QA."""
+    def number(text: str) -> bool:
+        try:
+            float(text)
+        except ValueError:
+            return False
+        return True
+
+    return cluster == "tabular" and all(row["references"] and number(row["references"][0]) for row in rows)
 
 
 @dataclass
@@ -136,7 +152,8 @@ def score_generation(model: Any, tokenizer: Any, rows: list[dict[str, Any]], clu
     """Greedy decoding, left-padded batches, then the cluster's metric."""
     import evaluate
 
-    local, hub, keys, max_new = GENERATION.get(cluster, QA)
+    local, hub, keys, max_new = REGRESSION if _is_regression(rows, cluster) else GENERATION.get(cluster, QA)
+    from_hub = from_hub and hub is not None
     ordered = generate_greedy(model, tokenizer, [row["prompt"] if use_options else row["input"]
                                                  for row in rows], max_new, batch_size)
     metric = evaluate.load(hub if from_hub else str(METRICS_DIR / local))
@@ -161,17 +178,20 @@ def _aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
     for (model, options, task), group in sorted(per_task.items()):
         metric = group[0]["metric"]
         values = [r["scores"][metric] for r in group]
+        best = min if metric in LOWER_IS_BETTER else max
+        worst = max if metric in LOWER_IS_BETTER else min
         entry = {"model": model, "options": options, "task": task, "cluster": group[0]["cluster"],
                  "metric": metric, "templates": len(values), "mean": statistics.fmean(values),
-                 "median": statistics.median(values), "best": max(values), "worst": min(values),
+                 "median": statistics.median(values), "best": best(values), "worst": worst(values),
                  "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
-                 "best_template": max(group, key=lambda r: r["scores"][metric])["template"]}
+                 "best_template": best(group, key=lambda r: r["scores"][metric])["template"]}
         if metric == "acc":
             entry["acc_norm_mean"] = statistics.fmean(r["scores"]["acc_norm"] for r in group)
         datasets_.append(entry)
     clusters: dict[tuple[str, bool, str], list[float]] = defaultdict(list)
     for entry in datasets_:
-        clusters[(entry["model"], entry["options"], entry["cluster"])].append(entry["mean"])
+        if entry["metric"] not in LOWER_IS_BETTER:  # an error (RMSE) cannot be averaged with scores
+            clusters[(entry["model"], entry["options"], entry["cluster"])].append(entry["mean"])
     return {"datasets": datasets_,
             "clusters": [{"model": m, "options": o, "cluster": c, "mean": statistics.fmean(v),
                           "datasets": len(v)} for (m, o, c), v in sorted(clusters.items())]}
