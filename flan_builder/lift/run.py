@@ -237,7 +237,7 @@ def run_lift(config: LiftConfig) -> dict[str, Any]:
     log_path = work / "results.jsonl"
     records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()] \
         if log_path.is_file() else []
-    done = {(r["method"], r.get("names"), r["seed"]) for r in records}
+    done = {_key(r) for r in records}
     print(f"lift {spec.name}: {len(table.rows)} rows, {len(table.feature_names)} features, {table.kind}; "
           f"names {', '.join(config.names)}; seeds {', '.join(map(str, config.seeds))}", file=sys.stderr)
 
@@ -301,6 +301,11 @@ def run_lift(config: LiftConfig) -> dict[str, Any]:
     return results
 
 
+def _key(record: dict[str, Any]) -> tuple[str, str | None, int]:
+    """What one results.jsonl line stands for: (method, names mode, seed)."""
+    return record["method"], record.get("names"), record["seed"]
+
+
 def _settings(config: LiftConfig, spec: TaskSpec) -> dict[str, Any]:
     """What must agree for two runs' scores to share one table."""
     return {"task": spec.name, "model": config.model, "recipe": _shown_path(config.recipe),
@@ -332,12 +337,17 @@ def _adopt_report(config: LiftConfig, spec: TaskSpec, work: Path) -> tuple[list[
             raise FlanError(f"--extend: {config.out} was made with {key} = {old.get(key)!r}, this run has "
                             f"{value!r}; scores from different settings cannot share a table. Use the "
                             "same settings or another --out")
+    # Merge rather than copy: an interrupted extension may already hold some of them.
     log_path = work / "results.jsonl"
-    if not log_path.is_file():  # an interrupted extension already holds them
-        if (config.out / "runs").is_dir() and not (work / "runs").exists():
-            shutil.copytree(config.out / "runs", work / "runs")
-        text = "".join(json.dumps(r) + "\n" for r in old["records"])
-        log_path.write_text(text, encoding="utf-8")
+    logged = {_key(json.loads(line)) for line in log_path.read_text(encoding="utf-8").splitlines()
+              if line.strip()} if log_path.is_file() else set()
+    with log_path.open("a", encoding="utf-8") as log:
+        for record in old["records"]:
+            if _key(record) not in logged:
+                log.write(json.dumps(record) + "\n")
+    for run in sorted((config.out / "runs").glob("*")) if (config.out / "runs").is_dir() else []:
+        if not (work / "runs" / run.name).exists():
+            shutil.copytree(run, work / "runs" / run.name)
     return list(dict.fromkeys([*old["names"], *config.names])), sorted(set(old["seeds"]) | set(config.seeds))
 
 
