@@ -432,3 +432,20 @@ def test_a_training_split_with_held_out_rows_is_refused(toy_build):
         check_heldout(manifest, "nli", toy_build, leaking)
     with pytest.raises(FlanError, match="held-out mismatch"):
         check_heldout(manifest, "qa", toy_build, leaking)
+
+
+@pytest.mark.parametrize(("overrides", "mean_tokens", "style", "expected"), [
+    ([], 60.0, "prompt_completion", True),  # nli-like rows: 8 x 60 tokens in one flat sequence
+    ([], 370.0, "prompt_completion", False),  # breast_cancer rows: a 2,960-token block mask
+    (["sft.per_device_train_batch_size=2"], 370.0, "prompt_completion", True),
+    (["train.padding_free=true"], 370.0, "prompt_completion", True),  # asked for: kept
+    (["train.padding_free=false"], 60.0, "prompt_completion", False),
+    (["peft.method=prompt_tuning"], 60.0, "prompt_completion", False),  # virtual tokens
+    ([], 60.0, "messages", False),
+])
+def test_auto_padding_free_follows_the_flattened_batch_length(overrides, mean_tokens, style, expected):
+    from flan_builder.training.recipe import load_recipe
+    from flan_builder.training.run import _choose_padding_free
+
+    recipe = load_recipe(REPO / "train" / "heldout-nli.yaml", overrides)
+    assert _choose_padding_free(recipe, style, mean_tokens) is expected
