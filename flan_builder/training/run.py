@@ -119,9 +119,10 @@ def _sft_config(recipe: Recipe, work: Path, padding_free: bool, pretokenized: bo
 
 # The model loads with sdpa attention (no varlen flash kernel), so transformers turns a flattened
 # batch's position ids into one block-diagonal mask over the whole batch: attention cost and
-# memory grow with the square of the batch's total length. Measured on 2 CPU cores, smollm2-135m, batch 8: flattened batches of
-# ~600 tokens ran at 100 tokens/s (3.6x TRL's default, 1.9x padded), 1,336 at 82, and 2,960
-# (breast_cancer rows) at 54 against 98 padded. Beyond this many tokens, `auto` pads instead.
+# memory grow with the square of the batch's total length. Measured on 2 CPU cores, smollm2-135m,
+# batch 8: flattened batches of ~600 tokens ran at 100 tokens/s (3.6x TRL's default, 1.9x padded),
+# 1,336 at 82, and 2,960 (breast_cancer rows) at 54 against 98 padded. Beyond this many tokens,
+# `auto` pads instead.
 PADDING_FREE_MAX_TOKENS = 1024
 
 
