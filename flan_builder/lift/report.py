@@ -30,7 +30,8 @@ def table(results: dict[str, Any]) -> str:
     """Markdown: one row per method (LIFT first), mean ± std over seeds."""
     classification = results["task_kind"] == "classification"
     order = {"lift": 0, "base": 1}
-    lines_ = sorted(results["summary"], key=lambda s: (order.get(s["method"], 2), str(s["names"])))
+    modes = {mode: i for i, mode in enumerate(results["names"])}  # as asked: names, generic, shuffled
+    lines_ = sorted(results["summary"], key=lambda s: (order.get(s["method"], 2), modes.get(s["names"], -1)))
     if classification:
         header = ["method", "accuracy % (mean ± std over seeds)", "seeds"]
     else:
