@@ -8,6 +8,7 @@ options) finishes, so an interrupted evaluation resumes where it stopped. The re
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import statistics
 import sys
@@ -31,6 +32,13 @@ QA = ("flan_qa", "squad", ("exact_match", "f1"), 32)
 # Hub counterpart reads numbers out of generated text, so it is local only.
 REGRESSION = ("flan_regression", None, ("rmse", "mae", "unparsable"), 12)
 LOWER_IS_BETTER = {"rmse", "mae"}
+_NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)")
+
+
+def parse_number(text: str) -> float | None:
+    """The first number in a generated answer ('151', '151.5 points', ' -3'), else None."""
+    match = _NUMBER.search(text.replace(",", ""))
+    return float(match.group()) if match else None
 
 
 def _is_regression(rows: list[dict[str, Any]], cluster: str) -> bool:

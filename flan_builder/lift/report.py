@@ -26,12 +26,17 @@ def _cell(stat: dict[str, float], digits: int = 2) -> str:
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
 
+def _row_order(results: dict[str, Any]) -> Any:
+    """Sort key for a summary line or record: LIFT, then untuned, then baselines; modes as asked."""
+    order = {"lift": 0, "base": 1}
+    modes = {mode: i for i, mode in enumerate(results["names"])}  # names, generic, shuffled
+    return lambda line: (order.get(line["method"], 2), modes.get(line["names"], -1))
+
+
 def table(results: dict[str, Any]) -> str:
     """Markdown: one row per method (LIFT first), mean ± std over seeds."""
     classification = results["task_kind"] == "classification"
-    order = {"lift": 0, "base": 1}
-    modes = {mode: i for i, mode in enumerate(results["names"])}  # as asked: names, generic, shuffled
-    lines_ = sorted(results["summary"], key=lambda s: (order.get(s["method"], 2), modes.get(s["names"], -1)))
+    lines_ = sorted(results["summary"], key=_row_order(results))
     if classification:
         header = ["method", "accuracy % (mean ± std over seeds)", "seeds"]
     else:
@@ -56,7 +61,7 @@ def per_seed_table(results: dict[str, Any]) -> str:
     metric = "accuracy" if results["task_kind"] == "classification" else "rmse"
     seeds = sorted({r["seed"] for r in results["records"]})
     scores: dict[str, dict[int, float]] = {}
-    for record in results["records"]:
+    for record in sorted(results["records"], key=_row_order(results)):
         if record["method"] == "baselines":
             for name, values in record["scores"].items():
                 scores.setdefault(name.replace("_", " "), {})[record["seed"]] = values[metric]
@@ -65,10 +70,7 @@ def per_seed_table(results: dict[str, Any]) -> str:
             templates = record["per_template"].values()
             scores.setdefault(label, {})[record["seed"]] = sum(t[metric] for t in templates) / len(templates)
     out = ["| method | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---|" * len(seeds)]
-    first = [label for label in scores if label.startswith("LIFT")] + \
-        [label for label in scores if "untuned" in label]
-    for label in first + [label for label in scores if label not in first]:
-        by_seed = scores[label]
+    for label, by_seed in scores.items():
         out.append(f"| {label} | " + " | ".join(f"{by_seed[s]:.2f}" if s in by_seed else "-" for s in seeds)
                    + " |")
     return "\n".join(out)

@@ -26,12 +26,12 @@ from typing import Any
 import yaml
 
 from flan_builder.errors import FlanError
+from flan_builder.evaluation.run import parse_number
 from flan_builder.specs import FEATURE_NAME_MODES, Registry, TaskSpec, load_registry, load_spec
 from flan_builder.templating import DEFAULT_SEPARATOR
 
 LIFT_RECIPE = Path(__file__).resolve().parent.parent.parent / "train" / "lift.yaml"
 REGRESSION_MAX_NEW_TOKENS = 12
-_NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)")
 
 
 @dataclass
@@ -57,12 +57,6 @@ class LiftConfig:
     # Add to a finished report at ``out``: keep its runs and scores, train only the (mode, seed)
     # pairs it lacks, and rewrite it covering both (the settings must match).
     extend: bool = False
-
-
-def parse_number(text: str) -> float | None:
-    """The first number in a generated answer ('151', '151.5 points', ' -3'), else None."""
-    match = _NUMBER.search(text.replace(",", ""))
-    return float(match.group()) if match else None
 
 
 # -- the task ------------------------------------------------------------------------------------

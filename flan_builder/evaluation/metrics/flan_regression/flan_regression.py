@@ -6,17 +6,11 @@ constant guess can do, so it stays in the denominator without being rewarded for
 """
 
 import math
-import re
 
 import datasets
 import evaluate
 
-_NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)")
-
-
-def first_number(text: str) -> float | None:
-    match = _NUMBER.search(text.replace(",", ""))
-    return float(match.group()) if match else None
+from flan_builder.evaluation.run import parse_number  # the same reading as `flan lift`
 
 
 class FlanRegression(evaluate.Metric):
@@ -32,7 +26,7 @@ class FlanRegression(evaluate.Metric):
     def _compute(self, predictions, references):
         truth = [float(refs[0]) for refs in references]
         fallback = sum(truth) / max(len(truth), 1)
-        guesses = [first_number(p) for p in predictions]
+        guesses = [parse_number(p) for p in predictions]
         errors = [(fallback if g is None else g) - t for g, t in zip(guesses, truth, strict=True)]
         n = max(len(errors), 1)
         return {"rmse": math.sqrt(sum(e * e for e in errors) / n), "mae": sum(abs(e) for e in errors) / n,
