@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from flan_builder.errors import FlanError
-from flan_builder.evaluation.run import parse_number
+from flan_builder.evaluation.run import generate_greedy, parse_number, score_classification
 from flan_builder.specs import FEATURE_NAME_MODES, Registry, TaskSpec, load_registry, load_spec
 from flan_builder.templating import DEFAULT_SEPARATOR
 
@@ -161,7 +161,6 @@ def _test_rows(spec: TaskSpec, with_options: bool, templates: int | None) -> dic
 def evaluate_rows(model: Any, tokenizer: Any, spec: TaskSpec, rendered: dict[str, list[dict[str, Any]]],
                   config: LiftConfig, train_mean: float | None) -> dict[str, Any]:
     """Per template: accuracy (rank classification) or RMSE / RAE from parsed greedy answers."""
-    from flan_builder.evaluation.run import generate_greedy, score_classification
     from flan_builder.lift.baselines import regression_scores
 
     per_template: dict[str, dict[str, Any]] = {}
