@@ -13,6 +13,10 @@ Settings:
   * ours-packed: TRL's BFD packing (padding-free) instead of one flat batch.
 
     .venv/bin/python bench/train.py --dataset build/heldout-nli --steps 8
+
+``--batch-size 1,2,4,8`` sweeps batch sizes in this one process (each batch size compared
+within itself): with long rows it shows where padding-free batches stop paying, the
+crossover behind ``train.padding_free: auto``.
 """
 
 from __future__ import annotations
@@ -74,10 +78,10 @@ def lora() -> LoraConfig:
                       task_type="CAUSAL_LM")
 
 
-def run(name: str, source, tokenizer, rows, tokenized, args: argparse.Namespace) -> dict:
+def run(name: str, source, tokenizer, rows, tokenized, batch_size: int, args: argparse.Namespace) -> dict:
     cpu = not torch.cuda.is_available()
     common = dict(output_dir=f"/tmp/bench-train-{name}", max_steps=args.steps + 1,
-                  per_device_train_batch_size=args.batch_size, report_to="none", save_strategy="no",
+                  per_device_train_batch_size=batch_size, report_to="none", save_strategy="no",
                   logging_steps=1, disable_tqdm=True, seed=0, use_cpu=cpu,
                   bf16=not cpu and torch.cuda.is_bf16_supported())
     set_seed(0)
@@ -111,7 +115,8 @@ def run(name: str, source, tokenizer, rows, tokenized, args: argparse.Namespace)
     measured_tokens = tokens[-1] - tokens[0]  # after the warm-up step
     seconds = sum(timings[1:])
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return {"setting": name, "tokens": int(measured_tokens), "seconds": round(seconds, 2),
+    return {"setting": name, "batch_size": batch_size, "tokens": int(measured_tokens),
+            "seconds": round(seconds, 2),
             "tokens_per_s": measured_tokens / seconds, "peak_mb": round(memory.peak_mb),
             "first_loss": losses[0], "last_loss": losses[-1]}
 
@@ -122,7 +127,7 @@ def main() -> None:
     parser.add_argument("--dataset", default="build/heldout-nli")
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", default="8", help="rows per step; a comma list sweeps several")
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--settings", default="trl-default,ours-padded,ours,ours-packed")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -130,26 +135,36 @@ def main() -> None:
 
     source = resolve_model(args.model)
     tokenizer = load_tokenizer(source)
-    count = (args.steps + 1) * args.batch_size
-    # The same rows for every setting, none longer than max_length: nothing is truncated or
-    # dropped, so every setting trains on exactly the same tokens.
     split = load_from_disk(args.dataset)["train"].select_columns(["prompt", "completion"])
-    candidates = split.select(range(min(len(split), 3 * count)))
-    full, _ = tokenize_prompt_completion(candidates, tokenizer, None)
-    fits = [i for i, ids in enumerate(full["input_ids"]) if len(ids) <= args.max_length][:count]
-    rows, tokenized = candidates.select(fits), full.select(fits)
-    results = [run(name, source, tokenizer, rows, tokenized, args) for name in args.settings.split(",")]
-    base = next((r for r in results if r["setting"] == "trl-default"), results[0])
+    results = []
+    for batch_size in [int(b) for b in args.batch_size.split(",")]:
+        count = (args.steps + 1) * batch_size
+        # The same rows for every setting, none longer than max_length: nothing is truncated or
+        # dropped, so every setting trains on exactly the same tokens.
+        candidates = split.select(range(min(len(split), 3 * count)))
+        full, _ = tokenize_prompt_completion(candidates, tokenizer, None)
+        fits = [i for i, ids in enumerate(full["input_ids"]) if len(ids) <= args.max_length][:count]
+        rows, tokenized = candidates.select(fits), full.select(fits)
+        mean_tokens = sum(len(full["input_ids"][i]) for i in fits) / len(fits)
+        batch = [run(name, source, tokenizer, rows, tokenized, batch_size, args)
+                 for name in args.settings.split(",")]
+        base = next((r for r in batch if r["setting"] == "trl-default"), batch[0])
+        for r in batch:
+            r["mean_row_tokens"] = round(mean_tokens, 1)
+            r["vs_base"] = r["tokens_per_s"] / base["tokens_per_s"]
+        results += batch
     device = (torch.cuda.get_device_name() if torch.cuda.is_available()
               else f"CPU ({torch.get_num_threads()} threads)")
-    print(f"{args.model}, LoRA r=16 all-linear, batch {args.batch_size}, max_length {args.max_length}, "
-          f"{args.steps} steps after 1 warm-up, {device}")
-    print("| setting | tokens | s | tokens/s | vs trl-default | peak MiB | loss first → last |")
-    print("|---|---:|---:|---:|---:|---:|---|")
+    print(f"{args.model}, LoRA r=16 all-linear, max_length {args.max_length}, "
+          f"{args.steps} steps after 1 warm-up, {device}; each ratio is against trl-default where it ran, "
+          "else the first setting, at the same batch size")
+    print("| batch | batch × mean row tokens | setting | tokens | s | tokens/s | ratio | peak MiB "
+          "| loss first → last |")
+    print("|---:|---:|---|---:|---:|---:|---:|---:|---|")
     for r in results:
-        print(f"| {r['setting']} | {r['tokens']:,} | {r['seconds']} | {r['tokens_per_s']:.0f} | "
-              f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x | {r['peak_mb']:,} | "
-              f"{r['first_loss']:.3f} → {r['last_loss']:.3f} |")
+        print(f"| {r['batch_size']} | {r['batch_size'] * r['mean_row_tokens']:,.0f} | {r['setting']} | "
+              f"{r['tokens']:,} | {r['seconds']} | {r['tokens_per_s']:.0f} | {r['vs_base']:.2f}x | "
+              f"{r['peak_mb']:,} | {r['first_loss']:.3f} → {r['last_loss']:.3f} |")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 
