@@ -23,7 +23,7 @@ from collections import defaultdict
 import torch
 from datasets import load_from_disk
 
-from flan_builder.evaluation.scoring import encode_row, score_full_sequences, score_shared_prefix
+from flan_builder.lm.scoring import encode_row, score_full_sequences, score_shared_prefix
 from flan_builder.models import load_model, load_tokenizer, resolve_model
 
 

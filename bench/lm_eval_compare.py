@@ -17,7 +17,7 @@ import argparse
 import torch
 from datasets import load_from_disk
 
-from flan_builder.evaluation.scoring import encode_row, score_rows
+from flan_builder.lm.scoring import encode_row, score_rows
 from flan_builder.models import load_model, load_tokenizer, resolve_model
 
 

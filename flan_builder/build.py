@@ -332,6 +332,9 @@ def build(config: BuildConfig, registry: Registry | None = None) -> BuildResult:
                         "sha256": hashlib.sha256(spec.path.read_bytes()).hexdigest()}
             for spec in (renderer.spec for renderer in renderers.values())
         },
+        # how `flan eval` scores each held-out task (from the spec and its cluster's _cluster.yaml),
+        # so a built dataset carries it wherever it travels
+        "evaluation": {spec.name: registry.evaluation(spec).to_json() for spec in plan.heldout_tasks},
         "counts": {name: _counts(rows) for name, rows in splits.items()},
         "content_hash": {**hashes, "all": content_hash([hashes])},
     }

@@ -16,20 +16,6 @@ HUB_LICENSES = frozenset({
 })
 NON_COMMERCIAL = frozenset({"cc-by-nc-4.0", "cc-by-nc-sa-4.0", "cc-by-nc-nd-4.0"})
 
-_CLUSTER_CATEGORIES = {
-    "nli": "text-classification",
-    "paraphrase": "sentence-similarity",
-    "sentiment": "text-classification",
-    "topic_classification_misc": "text-classification",
-    "commonsense": "multiple-choice",
-    "coreference": "multiple-choice",
-    "reading_comprehension": "question-answering",
-    "closed_book_qa": "question-answering",
-    "struct_to_text": "table-to-text",
-    "summarization": "summarization",
-    "translation": "translation",
-}
-
 
 def size_category(n: int) -> str:
     """The Hub's size bucket for ``n`` rows."""
@@ -51,7 +37,8 @@ def card_metadata(manifest: dict[str, Any], registry: Registry) -> dict[str, Any
     specs = [registry.tasks[t] for t in tasks]
     licenses = sorted({s.license if s.license in HUB_LICENSES else "other" for s in specs})
     categories = sorted({"text-generation"} | {
-        _CLUSTER_CATEGORIES[c] for s in specs for c in s.clusters if c in _CLUSTER_CATEGORIES
+        category for s in specs for c in s.clusters
+        if (category := registry.cluster_info(c).hub_category) is not None
     })
     languages = ["en"] + sorted({
         lang for s in specs if s.cluster == "translation"

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from flan_builder import __version__
+from flan_builder.cli_args import comma_list, positive_int
 from flan_builder.errors import FlanError
 from flan_builder.mixing import DEFAULT_MAX_PER_DATASET, DEFAULT_RATE_CAP
 
@@ -30,20 +31,6 @@ class _Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
         super().__init__(*args, **kwargs)
-
-
-def _csv(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
-
-
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
-    return number
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -235,8 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     tasks = sub.add_parser("tasks", help="list every task: cluster, type, templates, splits",
-                           epilog="example:\n  flan tasks --data-dir ../shared/data --cluster nli",
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+                           epilog="example:\n  flan tasks --data-dir ../shared/data --cluster nli")
     tasks.add_argument("--cluster", help="only this cluster")
     _add_data_dir(tasks)
     _add_common(tasks)
@@ -246,8 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     tsub = templates.add_subparsers(dest="templates_command", metavar="ACTION", required=True)
     show = tsub.add_parser(
         "show", help="each template rendered on a real row, with and without OPTIONS",
-        epilog="example:\n  flan templates show super_glue_rte --data-dir ../shared/data --row 3",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog="example:\n  flan templates show super_glue_rte --data-dir ../shared/data --row 3")
     show.add_argument("task")
     show.add_argument("--template", help="only this template id")
     show.add_argument("--row", type=int, default=0, help="row index in the split (default 0)")
@@ -257,10 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=cmd_templates_show)
     lint = tsub.add_parser(
         "lint", help="check every template of every task on real rows (exit 1 on problems)",
-        epilog="example:\n  flan templates lint --data-dir ../shared/data --rows 200",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog="example:\n  flan templates lint --data-dir ../shared/data --rows 200")
     lint.add_argument("--task", action="append", help="only this task (repeatable)")
-    lint.add_argument("--rows", type=_positive_int, default=64, help="rows per split (default 64)")
+    lint.add_argument("--rows", type=positive_int, default=64, help="rows per split (default 64)")
     lint.add_argument("--min-templates", type=int, default=10, help="default 10 (FLAN)")
     lint.add_argument("--min-inverted", type=int, default=2,
                       help="inverted (turned-around) templates required per task (default 2)")
@@ -270,35 +254,35 @@ def build_parser() -> argparse.ArgumentParser:
     lint.set_defaults(func=cmd_templates_lint)
 
     bld = sub.add_parser("build", help="render, split and mix an instruction dataset",
-                         epilog=EPILOG_BUILD, formatter_class=argparse.RawDescriptionHelpFormatter)
+                         epilog=EPILOG_BUILD)
     bld.add_argument("--heldout", required=True, metavar="CLUSTER",
                      help="cluster to hold out for zero-shot evaluation, or 'none'")
     bld.add_argument("--out", required=True, help="output directory (written atomically)")
     _add_data_dir(bld)
     bld.add_argument("--seed", type=int, default=0)
-    bld.add_argument("--max-per-dataset", type=_positive_int, default=DEFAULT_MAX_PER_DATASET,
+    bld.add_argument("--max-per-dataset", type=positive_int, default=DEFAULT_MAX_PER_DATASET,
                      help="distinct training rows per dataset (FLAN: 30,000)")
-    bld.add_argument("--rate-cap", type=_positive_int, default=DEFAULT_RATE_CAP,
+    bld.add_argument("--rate-cap", type=positive_int, default=DEFAULT_RATE_CAP,
                      help="examples-proportional mixing-rate cap per dataset (FLAN: 3,000)")
-    bld.add_argument("--total", type=_positive_int, default=None,
+    bld.add_argument("--total", type=positive_int, default=None,
                      help="training examples in all, shared out by mixing rate (default: sum of rates)")
     bld.add_argument("--all-templates", action="store_true",
                      help="render every drawn row with every template instead of one drawn at random")
-    bld.add_argument("--max-templates", type=_positive_int, default=None,
+    bld.add_argument("--max-templates", type=positive_int, default=None,
                      help="use only each task's first K templates for training (ablation)")
     bld.add_argument("--no-options", action="store_true", help="leave out the OPTIONS suffix (ablation)")
     bld.add_argument("--as", dest="as_", choices=("prompt-completion", "messages"),
                      default="prompt-completion", help="TRL prompt-completion (default) or conversational")
     bld.add_argument("--format", action="append", choices=("parquet", "jsonl"),
                      help="also export each split as parquet / jsonl under data/ (repeatable)")
-    bld.add_argument("--tasks", type=_csv, default=None, help="train only on these tasks (comma list)")
-    bld.add_argument("--train-clusters", type=_csv, default=None,
+    bld.add_argument("--tasks", type=comma_list, default=None, help="train only on these tasks (comma list)")
+    bld.add_argument("--train-clusters", type=comma_list, default=None,
                      help="train only on these clusters (ablation: number of clusters)")
-    bld.add_argument("--with", dest="with_clusters", type=_csv, default=None, metavar="CLUSTERS",
+    bld.add_argument("--with", dest="with_clusters", type=comma_list, default=None, metavar="CLUSTERS",
                      help="also train on these opt-in clusters (tabular: LIFT's tables as text)")
-    bld.add_argument("--max-eval-rows", type=_positive_int, default=None,
+    bld.add_argument("--max-eval-rows", type=positive_int, default=None,
                      help="held-out rows per dataset (seeded sample; default all)")
-    bld.add_argument("--num-proc", type=_positive_int, default=1, help="render tasks in N processes")
+    bld.add_argument("--num-proc", type=positive_int, default=1, help="render tasks in N processes")
     bld.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     bld.add_argument("--push-to-hub", metavar="USER/NAME", help="publish with a dataset card")
     bld.add_argument("--public", action="store_true", help="publish publicly (default: private)")
@@ -306,8 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     bld.set_defaults(func=cmd_build)
 
     psh = sub.add_parser("push", help="publish a built dataset with its card (HF_TOKEN from env)",
-                         epilog="example:\n  flan push build/heldout-nli USER/flan-heldout-nli",
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
+                         epilog="example:\n  flan push build/heldout-nli USER/flan-heldout-nli")
     psh.add_argument("dataset")
     psh.add_argument("repo_id", metavar="USER/NAME")
     psh.add_argument("--public", action="store_true")
@@ -315,8 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     psh.set_defaults(func=cmd_push)
 
     models = sub.add_parser("models", help="the models this machine can load, and where from",
-                            epilog="example:\n  flan models",
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+                            epilog="example:\n  flan models")
     models.set_defaults(func=cmd_models)
 
     for register in _extra_commands():
@@ -325,12 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
-    """Subcommands that live with their own subsystem (training, evaluation)."""
+    """Subcommands that live with their own subsystem (training, evaluation, models, LIFT)."""
     from flan_builder.evaluation.cli import register as register_eval
     from flan_builder.lift.cli import register as register_lift
+    from flan_builder.lm.cli import register as register_generate
     from flan_builder.training.cli import register as register_train
 
-    return [register_train, register_eval, register_lift]
+    return [register_train, register_eval, register_generate, register_lift]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,6 +3,7 @@
 - The held-out cluster leaves training whole.
 - Its siblings leave training too: NLI <-> paraphrase (a paraphrase pair is
   near-entailment), reading comprehension <-> reading comprehension with commonsense.
+  Siblings are data: ``siblings:`` in ``templates/<cluster>/_cluster.yaml``.
 - A dataset that sits in more than one cluster leaves training when any of its
   clusters is held out (or is a sibling of the held-out one).
 """
@@ -13,13 +14,6 @@ from dataclasses import dataclass, field
 
 from flan_builder.errors import FlanError
 from flan_builder.specs import Registry, TaskSpec
-
-SIBLINGS: dict[str, frozenset[str]] = {
-    "nli": frozenset({"paraphrase"}),
-    "paraphrase": frozenset({"nli"}),
-    "reading_comprehension": frozenset({"reading_comprehension_with_commonsense"}),
-    "reading_comprehension_with_commonsense": frozenset({"reading_comprehension"}),
-}
 
 NO_HELDOUT = "none"
 
@@ -64,7 +58,7 @@ def plan_split(
     blocked = set()
     if heldout is not None:
         # Only siblings that exist here: the rule matters once a registry has both.
-        blocked = {heldout} | (set(SIBLINGS.get(heldout, frozenset())) & set(registry.clusters))
+        blocked = {heldout} | registry.siblings(heldout)
     if train_clusters:
         for cluster in train_clusters:
             registry.check_cluster(cluster)
@@ -95,7 +89,7 @@ def plan_split(
             excluded[spec.name] = "not in --tasks"
             continue
         # a task named in --tasks is asked for already
-        if spec.opt_in and wanted is None and not set(spec.clusters) & set(with_clusters or ()):
+        if registry.is_opt_in(spec) and wanted is None and not set(spec.clusters) & set(with_clusters or ()):
             excluded[spec.name] = f"opt-in cluster {spec.cluster}; add --with {spec.cluster} to train on it"
             continue
         if train_clusters and not set(spec.clusters) & set(train_clusters):

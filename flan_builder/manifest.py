@@ -8,7 +8,10 @@ import platform
 import sys
 from collections.abc import Iterable
 from importlib import metadata
+from pathlib import Path
 from typing import Any
+
+from flan_builder.errors import FlanError
 
 MANIFEST_NAME = "manifest.json"
 _PACKAGES = ("flan-builder", "datasets", "jinja2", "pyarrow", "huggingface_hub", "pyyaml")
@@ -50,3 +53,15 @@ def content_hash(rows: Iterable[dict[str, Any]]) -> str:
 def command_line() -> str:
     return " ".join(["flan", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("flan") else \
         " ".join(sys.argv)
+
+def read_dataset_manifest(path: Path) -> dict[str, Any]:
+    """The manifest of a built dataset directory (an error that says how to build one)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FlanError(f"dataset directory {path} not found; build it with `flan build --heldout "
+                        f"CLUSTER --out {path}` or give the recipe a dataset.build section")
+    manifest_path = path / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise FlanError(f"{path} is not a complete flan-builder dataset (no {MANIFEST_NAME}); "
+                        "rebuild it with `flan build`")
+    return json.loads(manifest_path.read_text(encoding="utf-8"))

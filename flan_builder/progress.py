@@ -1,7 +1,9 @@
-"""Progress bars that stay out of the way: shown on a terminal, silent in logs and pipes."""
+"""Output that stays out of the way: progress bars on a terminal only, library chatter off."""
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -27,3 +29,18 @@ def quiet_datasets_unless_terminal() -> None:
 
     if not sys.stderr.isatty():
         datasets.disable_progress_bars()
+
+def quiet_library_logs() -> None:
+    """Keep transformers / datasets chatter out of a CLI run unless the user asks for it."""
+    if os.environ.get("FLAN_VERBOSE"):
+        return
+    import warnings
+
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    # peft looks for a config.json beside a GGUF base to see whether the vocabulary changed
+    warnings.filterwarnings("ignore", message="Could not find a config file")
+    # SFTConfig's own default still uses the old name; nothing for the user to change
+    warnings.filterwarnings("ignore", category=FutureWarning, message=".*gradient_checkpointing.*")
+    logging.getLogger("trl").setLevel(logging.ERROR)

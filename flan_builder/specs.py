@@ -1,8 +1,11 @@
 """Task specs: one YAML file per dataset under ``templates/<cluster>/<task>.yaml``.
 
 A spec holds the task's metadata (cluster, Hub id and config, local mirror name,
-fields, type, how options and the answer are formed) and its Jinja templates. Specs
-are data; this module only reads and validates them, it never executes them.
+fields, type, how options and the answer are formed, optionally how it is evaluated)
+and its Jinja templates. Facts about a whole cluster (held-out siblings, Hub card
+category, default evaluation metric and generation budget, opt-in) live beside the specs
+in ``templates/<cluster>/_cluster.yaml``. Specs are data; this module only reads and
+validates them, it never executes them.
 """
 
 from __future__ import annotations
@@ -28,7 +31,16 @@ TEMPLATES_DIR_ENV = "FLAN_TEMPLATES_DIR"
 _SPEC_KEYS = {
     "task", "cluster", "also_in", "type", "source", "license", "license_note",
     "fields", "options", "answer", "references", "notes", "templates", "constants", "opt_in",
+    "metric", "output_type", "generation",
 }
+CLUSTER_FILE = "_cluster.yaml"
+_CLUSTER_KEYS = {"cluster", "siblings", "hub_category", "metric", "generation", "opt_in", "notes"}
+_GENERATION_KEYS = {"max_new_tokens", "stop"}
+# How a task's held-out rows are scored (lm-evaluation-harness's names): rank classification over
+# the options, or greedy generation scored by a metric.
+OUTPUT_TYPES = ("multiple_choice", "generate_until")
+DEFAULT_METRIC = "flan_qa"  # exact match and token F1: short generated answers
+DEFAULT_MAX_NEW_TOKENS = 32
 _SOURCE_KEYS = {"hub_id", "config", "mirror", "splits", "revision", "tabular"}
 # A table (scikit-learn's bundled copy, or a CSV / parquet file) serialised into text rows.
 _TABULAR_KEYS = {"sklearn", "file", "target", "kind", "names", "seed", "test_size", "digits"}
@@ -60,7 +72,34 @@ class SourceSpec:
     mirror: str
     splits: dict[str, str]  # role ("train" / "eval") -> split name
     revision: str | None = None
-    tabular: dict[str, Any] | None = None  # a table source instead of the Hub (see lift/tables.py)
+    tabular: dict[str, Any] | None = None  # a table source instead of the Hub (see sources/tables.py)
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """Facts about a cluster, from its ``_cluster.yaml`` (defaults when the file is absent)."""
+
+    name: str
+    siblings: tuple[str, ...] = ()  # held out together (FLAN: nli <-> paraphrase)
+    hub_category: str | None = None  # the Hub dataset card's task category
+    metric: str = DEFAULT_METRIC  # metric of its generation tasks (an evaluate module)
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    stop: tuple[str, ...] = ()
+    opt_in: bool = False  # trained on only when asked for (`flan build --with CLUSTER`)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """How a task's held-out rows are scored."""
+
+    output_type: str  # multiple_choice | generate_until
+    metric: str  # "acc" for multiple_choice, else an evaluate module name (flan_rouge, ...)
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    stop: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"output_type": self.output_type, "metric": self.metric,
+                "max_new_tokens": self.max_new_tokens, "stop": list(self.stop)}
 
 
 @dataclass(frozen=True)
@@ -84,6 +123,9 @@ class TaskSpec:
     extra: dict[str, Any] = field(default_factory=dict)
     constants: dict[str, str] = field(default_factory=dict)  # names every template sees
     opt_in: bool = False  # trained on only when asked for (`flan build --with CLUSTER`)
+    metric: str | None = None  # overrides the cluster's generation metric
+    output_type: str | None = None  # overrides the one implied by the type
+    generation: dict[str, Any] = field(default_factory=dict)  # max_new_tokens / stop overrides
 
     @property
     def clusters(self) -> tuple[str, ...]:
@@ -225,6 +267,53 @@ def _tabular_source(path: Path, task: str, value: Any) -> dict[str, Any] | None:
     return table
 
 
+def _generation(path: Path, what: str, value: Any) -> dict[str, Any]:
+    """A ``generation:`` mapping (max_new_tokens, stop), checked."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _fail(path, None, f"{what}: 'generation' must be a mapping (max_new_tokens, stop)")
+    _check_keys(path, value, _GENERATION_KEYS, f"generation of {what}")
+    out = {k: v for k, v in value.items() if not k.startswith("__")}
+    if "max_new_tokens" in out and (not isinstance(out["max_new_tokens"], int) or out["max_new_tokens"] < 1):
+        raise _fail(path, value.get("__line__"), f"{what}: generation.max_new_tokens must be a whole "
+                    "number >= 1")
+    if "stop" in out:
+        stop = out["stop"]
+        if isinstance(stop, str):
+            stop = [stop]
+        if not isinstance(stop, list) or not all(isinstance(x, str) and x for x in stop):
+            raise _fail(path, value.get("__line__"), f"{what}: generation.stop must be a string or a "
+                        "list of strings")
+        out["stop"] = tuple(stop)
+    return out
+
+
+def load_cluster(path: Path) -> ClusterSpec:
+    """Read and validate one ``_cluster.yaml``."""
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_LineLoader)  # noqa: S506
+    except yaml.YAMLError as exc:
+        raise _fail(path, None, f"not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise _fail(path, None, "a cluster file must be a YAML mapping")
+    _check_keys(path, data, _CLUSTER_KEYS, "cluster file")
+    name = data.get("cluster", path.parent.name)
+    if name != path.parent.name:
+        raise _fail(path, data.get("__line__"), f"cluster {name!r} but the file is under "
+                    f"{path.parent.name}/; fix 'cluster'")
+    siblings = data.get("siblings") or []
+    if not isinstance(siblings, list) or not all(isinstance(x, str) for x in siblings):
+        raise _fail(path, data.get("__line__"), "'siblings' must be a list of cluster names")
+    generation = _generation(path, f"cluster {name}", data.get("generation"))
+    return ClusterSpec(
+        name=name, siblings=tuple(siblings), hub_category=data.get("hub_category"),
+        metric=str(data.get("metric") or DEFAULT_METRIC),
+        max_new_tokens=generation.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS),
+        stop=generation.get("stop", ()), opt_in=bool(data.get("opt_in", False)),
+    )
+
+
 def load_spec(path: Path) -> TaskSpec:
     """Read and validate one task spec file."""
     try:
@@ -291,7 +380,14 @@ def load_spec(path: Path) -> TaskSpec:
         notes=str(data.get("notes", "")).strip(),
         constants=constants,
         opt_in=bool(data.get("opt_in", False)),
+        metric=data.get("metric"),
+        output_type=data.get("output_type"),
+        generation=_generation(path, f"task {name}", data.get("generation")),
     )
+    if spec.output_type is not None and spec.output_type not in OUTPUT_TYPES:
+        raise _fail(path, None, f"task {name}: output_type must be one of {', '.join(OUTPUT_TYPES)}")
+    if spec.output_type == "multiple_choice" and not spec.has_options:
+        raise _fail(path, None, f"task {name}: output_type multiple_choice needs a task with options")
     if spec.has_options and spec.options is None:
         raise _fail(path, None, f"task {name}: a {spec.type} task needs 'options'")
     if spec.has_options and spec.answer is None:
@@ -307,10 +403,33 @@ class Registry:
 
     tasks: dict[str, TaskSpec]
     root: Path
+    cluster_files: dict[str, ClusterSpec] = field(default_factory=dict)
 
     @property
     def clusters(self) -> list[str]:
         return sorted({c for spec in self.tasks.values() for c in spec.clusters})
+
+    def cluster_info(self, cluster: str) -> ClusterSpec:
+        """The cluster's facts (defaults for a cluster without a ``_cluster.yaml``)."""
+        return self.cluster_files.get(cluster) or ClusterSpec(cluster)
+
+    def siblings(self, cluster: str) -> set[str]:
+        """Clusters held out with ``cluster``: named by either side, and present here."""
+        named = set(self.cluster_info(cluster).siblings)
+        named |= {c.name for c in self.cluster_files.values() if cluster in c.siblings}
+        return named & set(self.clusters) - {cluster}
+
+    def is_opt_in(self, spec: TaskSpec) -> bool:
+        return spec.opt_in or self.cluster_info(spec.cluster).opt_in
+
+    def evaluation(self, spec: TaskSpec) -> Evaluation:
+        """How the task's held-out rows are scored: its own keys, else its cluster's, else defaults."""
+        cluster = self.cluster_info(spec.cluster)
+        output_type = spec.output_type or ("multiple_choice" if spec.has_options else "generate_until")
+        metric = "acc" if output_type == "multiple_choice" else (spec.metric or cluster.metric)
+        return Evaluation(output_type, metric,
+                          spec.generation.get("max_new_tokens", cluster.max_new_tokens),
+                          tuple(spec.generation.get("stop", cluster.stop)))
 
     def task(self, name: str) -> TaskSpec:
         if name not in self.tasks:
@@ -336,8 +455,10 @@ def load_registry(root: Path | None = None) -> Registry:
             f"templates directory {root} not found; pass --templates-dir or set {TEMPLATES_DIR_ENV}"
         )
     tasks: dict[str, TaskSpec] = {}
+    clusters = {path.parent.name: load_cluster(path) for path in sorted(root.glob(f"*/{CLUSTER_FILE}"))
+                if path.is_file()}
     for path in sorted(root.glob("*/*.yaml")):
-        if path.name.startswith("_"):  # shared pieces (e.g. tabular serialisations), not tasks
+        if path.name.startswith("_"):  # cluster facts and shared pieces (serialisations), not tasks
             continue
         spec = load_spec(path)
         if spec.cluster != path.parent.name:
@@ -348,4 +469,4 @@ def load_registry(root: Path | None = None) -> Registry:
         tasks[spec.name] = spec
     if not tasks:
         raise FlanError(f"no task specs (<cluster>/<task>.yaml) found under {root}")
-    return Registry(tasks=dict(sorted(tasks.items())), root=root)
+    return Registry(tasks=dict(sorted(tasks.items())), root=root, cluster_files=clusters)

@@ -1,23 +1,12 @@
-"""Shared paths and fixtures: the real data in ../shared/data, and the hand-written fixture."""
+"""Fixtures shared by every test folder; plain helpers live in tests/helpers.py."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-TEMPLATES = REPO / "templates"
-FIXTURES = REPO / "tests" / "fixtures"
-FIXTURE_TEMPLATES = FIXTURES / "templates"
-FIXTURE_DATA = FIXTURES / "data"
-SHARED_DATA = Path(os.environ.get("FLAN_SHARED_DATA", REPO.parent / "shared" / "data"))
-
-requires_shared_data = pytest.mark.skipif(
-    not (SHARED_DATA / "MANIFEST.json").is_file(),
-    reason=f"real datasets not found at {SHARED_DATA} (set FLAN_SHARED_DATA)",
-)
+from tests.helpers import FIXTURE_DATA, FIXTURE_TEMPLATES, TEMPLATES, tiny_config
 
 
 @pytest.fixture
@@ -42,39 +31,6 @@ def _no_ambient_env(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("TQDM_DISABLE", "1")
-
-
-def write_spec(root: Path, cluster: str, name: str, text: str) -> Path:
-    """Write a hand-made spec file under ``root/cluster/name.yaml``."""
-    path = root / cluster / f"{name}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-def write_rows(root: Path, mirror: str, split: str, rows: list[dict]) -> Path:
-    """Write a hand-made mirror split ``root/mirror/split.jsonl``."""
-    import json
-
-    path = root / mirror / f"{split}.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-# -- tiny models and a fixture build, shared by the training and evaluation tests ------------
-
-HIDDEN, INTER, LAYERS, HEADS, KV_HEADS = 32, 64, 2, 4, 2
-HEAD_DIM = HIDDEN // HEADS
-KV_DIM = KV_HEADS * HEAD_DIM
-
-
-def tiny_config(vocab: int):
-    from transformers import LlamaConfig
-
-    return LlamaConfig(vocab_size=vocab, hidden_size=HIDDEN, intermediate_size=INTER,
-                       num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-                       num_key_value_heads=KV_HEADS, max_position_embeddings=512)
 
 
 @pytest.fixture(scope="session")

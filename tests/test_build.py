@@ -20,7 +20,7 @@ from flan_builder.errors import FlanError
 from flan_builder.manifest import content_hash, row_hash
 from flan_builder.mixing import MixingConfig
 from flan_builder.sources import load_split
-from tests.conftest import (
+from tests.helpers import (
     FIXTURE_DATA,
     FIXTURE_TEMPLATES,
     REPO,

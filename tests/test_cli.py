@@ -8,11 +8,12 @@ import sys
 import pytest
 
 from flan_builder.cli import main
-from tests.conftest import (
+from tests.helpers import (
     FIXTURE_DATA,
     FIXTURE_TEMPLATES,
     REPO,
     SHARED_DATA,
+    assert_one_line_error,
     requires_shared_data,
     write_rows,
     write_spec,
@@ -25,15 +26,6 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
     code = main(list(argv))
     captured = capsys.readouterr()
     return code, captured.out, captured.err
-
-
-def assert_one_line_error(code: int, err: str, *parts: str) -> None:
-    assert code == 2
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for part in parts:
-        assert part in lines[0], (part, lines[0])
 
 
 @requires_shared_data

@@ -7,7 +7,7 @@ import pytest
 from flan_builder.errors import FlanError
 from flan_builder.heldout import plan_split
 from flan_builder.specs import load_registry
-from tests.conftest import write_spec
+from tests.helpers import write_spec
 
 
 def names(specs):
@@ -50,9 +50,14 @@ references: "[a]"
 templates:
   - {{id: t1, input: "{{{{ a }}}}"}}
 """)
+    # the sibling is named on one side only: the rule holds both ways
+    (tmp_path / "reading_comprehension" / "_cluster.yaml").write_text(
+        "siblings: [reading_comprehension_with_commonsense]\n", encoding="utf-8")
     registry = load_registry(tmp_path)
     plan = plan_split(registry, "reading_comprehension_with_commonsense")
     assert names(plan.train_tasks) == ["senti"]
+    assert plan_split(registry, "reading_comprehension").blocked_clusters == [
+        "reading_comprehension", "reading_comprehension_with_commonsense"]
     assert names(plan.heldout_tasks) == ["rcc"]
 
 

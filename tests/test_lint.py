@@ -7,7 +7,7 @@ import pytest
 from flan_builder.cli import main
 from flan_builder.lint import lint_rows, lint_static
 from flan_builder.specs import load_spec
-from tests.conftest import SHARED_DATA, requires_shared_data, write_rows, write_spec
+from tests.helpers import SHARED_DATA, requires_shared_data, write_rows, write_spec
 
 HEADER = """
 task: toy

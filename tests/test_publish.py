@@ -13,7 +13,7 @@ from flan_builder.card import HUB_LICENSES
 from flan_builder.cli import main
 from flan_builder.publish import stage
 from flan_builder.specs import load_registry
-from tests.conftest import FIXTURE_DATA, FIXTURE_TEMPLATES, SHARED_DATA, requires_shared_data
+from tests.helpers import FIXTURE_DATA, FIXTURE_TEMPLATES, SHARED_DATA, requires_shared_data
 
 TOKEN = "hf_SeCrEtToKeN0123456789"
 

@@ -8,7 +8,7 @@ from flan_builder.errors import FlanError
 from flan_builder.sources import available_roles, load_split, resolve_data_dir
 from flan_builder.specs import load_spec
 from flan_builder.templating import TaskRenderer
-from tests.conftest import FIXTURE_DATA, FIXTURE_TEMPLATES, write_spec
+from tests.helpers import FIXTURE_DATA, FIXTURE_TEMPLATES, write_spec
 
 
 def hub_spec(tmp_path, hub_id: str):

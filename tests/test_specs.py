@@ -8,7 +8,7 @@ import pytest
 
 from flan_builder.errors import FlanError
 from flan_builder.specs import load_registry, load_spec
-from tests.conftest import SHARED_DATA, TEMPLATES, requires_shared_data, write_spec
+from tests.helpers import SHARED_DATA, TEMPLATES, requires_shared_data, write_spec
 
 
 @requires_shared_data
@@ -98,6 +98,36 @@ def test_registry_lists_the_eleven_language_clusters_and_tabular(registry):
         "topic_classification_misc", "translation", "tabular",
     ])
     # tabular (LIFT) is opt-in: every one of its tasks, and no other
-    assert {s.name for s in registry.tasks.values() if s.opt_in} == {
+    assert {s.name for s in registry.tasks.values() if registry.is_opt_in(s)} == {
         s.name for s in registry.in_cluster("tabular")}
     assert registry.root == TEMPLATES
+    # every cluster folder carries its facts as data
+    assert set(registry.cluster_files) == set(registry.clusters)
+
+
+def test_evaluation_facts_come_from_the_task_then_its_cluster(registry):
+    rte, rouge, diabetes, iris = (registry.task(n) for n in ("super_glue_rte", "aeslc", "diabetes", "iris"))
+    assert registry.evaluation(rte).to_json() == {"output_type": "multiple_choice", "metric": "acc",
+                                                  "max_new_tokens": 32, "stop": []}
+    assert (registry.evaluation(rouge).metric, registry.evaluation(rouge).max_new_tokens) == (
+        "flan_rouge", 128)
+    assert (registry.evaluation(diabetes).metric, registry.evaluation(diabetes).max_new_tokens) == (
+        "flan_regression", 12)  # the task's own keys win over the cluster's
+    assert registry.evaluation(iris).output_type == "multiple_choice"
+    assert registry.siblings("nli") == {"paraphrase"} and registry.siblings("sentiment") == set()
+
+
+def test_a_cluster_file_with_an_unknown_key_names_it(tmp_path):
+    write_spec(tmp_path, "sentiment", "senti", """
+task: senti
+cluster: sentiment
+type: generation
+source: {hub_id: x/senti, splits: {eval: validation}}
+fields: [a]
+references: "[a]"
+templates:
+  - {id: t1, input: "{{ a }}"}
+""")
+    (tmp_path / "sentiment" / "_cluster.yaml").write_text("siblngs: [nli]\n", encoding="utf-8")
+    with pytest.raises(FlanError, match=r"_cluster.yaml:1: unknown key\(s\) siblngs"):
+        load_registry(tmp_path)

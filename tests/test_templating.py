@@ -7,7 +7,7 @@ import pytest
 from flan_builder.errors import FlanError
 from flan_builder.specs import load_spec
 from flan_builder.templating import TaskRenderer, options_suffix
-from tests.conftest import FIXTURE_TEMPLATES, write_spec
+from tests.helpers import FIXTURE_TEMPLATES, write_spec
 
 ROW = {"premise": "The cat sat on the mat.", "hypothesis": "A cat is sitting.", "label": 0}
 

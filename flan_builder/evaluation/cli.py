@@ -5,62 +5,106 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from flan_builder.cli_args import batch_size, non_negative_float
+
 EPILOG = """examples:
+  flan eval eval/heldout-nli.yaml                           # a suite: models, data, rows, templates
+  flan eval eval/heldout-nli.yaml --limit 20 --out reports/nli-quick   # flags override the suite
   flan eval --model smollm2-135m --model runs/heldout-nli --data build/heldout-nli --out reports/nli
   flan eval ... --no-options                 # the OPTIONS ablation on the same rows
   flan eval ... --options both               # with and without OPTIONS in one report
   flan eval ... --limit 50 --templates 3     # 50 rows per dataset, first 3 templates
-The first --model is the base that the others are compared with.
+  flan eval --model BASE --expert runs/heldout-nli --anti smollm2-135m --alpha 1.0 \\
+      --direct runs/base-tuned --data build/heldout-nli --out reports/proxy   # proxy-tuning
+The first --model is the base that the others are compared with. With --expert and --anti the
+report adds the proxy-tuned base and the expert alone (and % gap closed with --direct).
 """
 
 
-def _batch_size(value: str) -> int | str:
-    if value == "auto":
-        return value
-    try:
-        size = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number or 'auto'") from None
-    if size < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return size
+def config_from_args(args: argparse.Namespace):  # -> EvalConfig
+    """The suite (if any) with every given flag laid over it."""
+    from flan_builder.errors import FlanError
+    from flan_builder.evaluation.suite import OPTIONS, EvalConfig, load_suite
+    from flan_builder.lm.load import proxy_spec
+
+    settings = load_suite(Path(args.suite)) if args.suite else {}
+    if args.model:
+        settings["models"] = list(args.model)
+    for flag, key in (("limit", "limit"), ("templates", "templates"), ("template", "template_filter"),
+                      ("task", "tasks"), ("batch_size", "batch_size"), ("shots", "shots"),
+                      ("direct", "direct")):
+        if getattr(args, flag) is not None:
+            settings[key] = getattr(args, flag)
+    if args.data:
+        settings["data"] = Path(args.data)
+    if args.out:
+        settings["out"] = Path(args.out)
+    if args.no_options or args.options:
+        settings["options"] = OPTIONS["without" if args.no_options else args.options]
+    if args.metric_from_hub:
+        settings["metric_from_hub"] = True
+    for key, flag in (("models", "--model"), ("data", "--data"), ("out", "--out")):
+        if not settings.get(key):
+            raise FlanError(f"{flag} is required (or a suite file that sets {key}:)")
+    models = settings["models"]
+    if args.expert is not None or args.anti is not None:
+        if not isinstance(models[0], str):
+            raise FlanError("--expert / --anti steer the first --model, which must be a plain model")
+        proxy = proxy_spec(models[0], args.expert, args.anti,
+                           1.0 if args.alpha is None else args.alpha, args.proxy_level)
+        models += [proxy, *([] if args.expert in models else [args.expert])]
+    elif args.alpha is not None or args.proxy_level != "token":
+        raise FlanError("--alpha and --proxy-level go with --expert and --anti (proxy-tuning)")
+    direct = settings.get("direct")
+    if direct and direct not in models:
+        models.insert(1, direct)
+    return EvalConfig(**settings, overwrite=args.overwrite)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from flan_builder.evaluation.report import table
-    from flan_builder.evaluation.run import EvalConfig, evaluate_models
-    from flan_builder.training.run import quiet_library_logs
+    from flan_builder.evaluation.evaluator import evaluate_models
+    from flan_builder.evaluation.report import gap_table, table
+    from flan_builder.progress import quiet_library_logs
 
-    options = {"with": (True,), "without": (False,), "both": (True, False)}[
-        "without" if args.no_options else args.options]
+    config = config_from_args(args)
     quiet_library_logs()
-    results = evaluate_models(EvalConfig(
-        models=args.model, data=Path(args.data), out=Path(args.out), limit=args.limit,
-        templates=args.templates, template_filter=args.template, options=options,
-        batch_size=args.batch_size, metric_from_hub=args.metric_from_hub, overwrite=args.overwrite,
-        tasks=args.task,
-    ))
+    results = evaluate_models(config)
     print(table(results))
-    print(f"\n{results['wall_time_s']} s -> {args.out}")
+    if results.get("gap_closed"):
+        print("\n" + gap_table(results))
+    print(f"\n{results['wall_time_s']} s -> {config.out}")
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``flan eval`` to the top-level parser."""
     parser = sub.add_parser("eval", help="zero-shot evaluation on the held-out cluster, base vs tuned",
-                            epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", action="append", required=True,
+                            epilog=EPILOG)
+    parser.add_argument("suite", nargs="?", help="an evaluation suite (eval/*.yaml); flags override it")
+    parser.add_argument("--model", action="append",
                         help="alias, .gguf, model dir, Hub id, or a `flan train` run (repeatable)")
-    parser.add_argument("--data", required=True, help="a built dataset with a heldout split")
-    parser.add_argument("--out", required=True, help="report directory (written atomically)")
+    parser.add_argument("--data", help="a built dataset with a heldout split")
+    parser.add_argument("--out", help="report directory (written atomically)")
     parser.add_argument("--limit", type=int, help="rows per dataset (default: all)")
     parser.add_argument("--templates", type=int, help="first K templates per dataset")
     parser.add_argument("--template", action="append", help="only template ids containing this")
     parser.add_argument("--task", action="append", help="only this task (repeatable)")
-    parser.add_argument("--options", choices=("with", "without", "both"), default="with")
+    parser.add_argument("--options", choices=("with", "without", "both"), default=None,
+                        help="OPTIONS suffix (default: with)")
     parser.add_argument("--no-options", action="store_true", help="same as --options without")
-    parser.add_argument("--batch-size", type=_batch_size, default="auto")
+    parser.add_argument("--shots", type=int, help="exemplars per prompt (only 0, zero-shot, for now)")
+    parser.add_argument("--batch-size", type=batch_size, default=None, help="'auto' (default) or rows")
     parser.add_argument("--metric-from-hub", action="store_true",
                         help="use the Hub's evaluate metrics instead of the shipped local ones")
+    proxy = parser.add_argument_group("proxy-tuning (steer the first --model at decoding time)")
+    proxy.add_argument("--expert", help="the tuned small model (e.g. a `flan train` run)")
+    proxy.add_argument("--anti", help="the expert before tuning (the anti-expert)")
+    proxy.add_argument("--alpha", type=non_negative_float, default=None,
+                       help="strength: base + alpha x (expert - anti); default 1.0 (the paper)")
+    proxy.add_argument("--proxy-level", choices=("token", "sequence"), default="token",
+                       help="token: the paper (one shared tokenizer); sequence: option scores combined, "
+                            "each model in its own tokenization (scoring only)")
+    proxy.add_argument("--direct", help="the base tuned directly, for %% gap closed (added as a model)")
     parser.add_argument("--overwrite", action="store_true")
     parser.set_defaults(func=cmd_eval)
+

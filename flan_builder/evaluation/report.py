@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 from flan_builder.atomic import write_json_atomic
-from flan_builder.evaluation.run import LOWER_IS_BETTER
+from flan_builder.evaluation.metrics import lower_is_better
 
 
-def _label(name: str) -> str:
-    return Path(name).name or name
+def model_label(name: str) -> str:
+    """A model's short name for tables: the last part of each path (also inside a proxy's name)."""
+    return re.sub(r"[^\s\[\]()+,]+", lambda m: Path(m.group()).name or m.group(), name)
 
 
 def _models(results: dict[str, Any]) -> list[str]:
@@ -28,9 +30,9 @@ def table(results: dict[str, Any]) -> str:
     keys = sorted({(d["task"], d["options"]) for d in results["datasets"]})
     header = ["dataset", "options", "metric", "templates"]
     for model in models:
-        header += [f"{_label(model)} mean ± std", "best / worst"]
+        header += [f"{model_label(model)} mean ± std", "best / worst"]
     others = [m for m in models if m != base]
-    header += [f"Δ {_label(m)} − {_label(base)}" for m in others]
+    header += [f"Δ {model_label(m)} − {model_label(base)}" for m in others]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for task, options in keys:
         first = next(by_key[(task, options, m)] for m in models if (task, options, m) in by_key)
@@ -50,7 +52,7 @@ def table(results: dict[str, Any]) -> str:
             if not means:
                 continue
             apart = sorted({d["task"] for d in results["datasets"]
-                            if d["cluster"] == cluster and d["metric"] in LOWER_IS_BETTER})
+                            if d["cluster"] == cluster and lower_is_better(d["metric"])})
             label = f"mean of datasets; {', '.join(apart)} left out: an error, not a score" if apart \
                 else "mean of datasets"
             cells = [f"**{cluster} ({label})**", "yes" if options else "no", "", ""]
@@ -60,6 +62,18 @@ def table(results: dict[str, Any]) -> str:
                 cells.append(f"**{means[model] - means[base]:+.1f}**" if model in means and base in means
                              else "-")
             lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def gap_table(results: dict[str, Any]) -> str:
+    """Markdown: proxy-tuning's % of the base-to-direct gap closed, per dataset and per cluster."""
+    lines = ["| level | name | options | base | proxy-tuned | directly tuned | % gap closed |",
+             "|---|---|---|---|---|---|---|"]
+    for g in results.get("gap_closed", []):
+        closed = "-" if g["gap_closed_pct"] is None else f"{g['gap_closed_pct']:.1f}"
+        name = f"**{g['name']}**" if g["level"] == "cluster" else g["name"]
+        lines.append(f"| {g['level']} | {name} | {'yes' if g['options'] else 'no'} | {g['base_score']:.1f} | "
+                     f"{g['proxy_score']:.1f} | {g['direct_score']:.1f} | {closed} |")
     return "\n".join(lines)
 
 
@@ -80,7 +94,7 @@ def _chart(results: dict[str, Any], path: Path) -> None:
         means = [d["mean"] if d else 0 for d in found]
         low = [d["mean"] - d["worst"] if d else 0 for d in found]
         high = [d["best"] - d["mean"] if d else 0 for d in found]
-        ax.bar(xs, means, width, yerr=[low, high], capsize=3, label=_label(model))
+        ax.bar(xs, means, width, yerr=[low, high], capsize=3, label=model_label(model))
     ax.set_xticks(range(len(keys)))
     ax.set_xticklabels([t + ("" if o else "\n(no options)") for t, o in keys], fontsize=8)
     metric = {d["metric"] for d in results["datasets"]}
@@ -101,6 +115,10 @@ def write_report(results: dict[str, Any], folder: Path) -> None:
               f"base model: `{results['base']}`. Classification: rank classification, `acc` "
               f"(summed log-likelihood); `acc_norm` per character is in results.json. "
               f"Wall time {results['wall_time_s']} s.\n\n")
+    if results.get("gap_closed"):
+        text += ("\n\n## Proxy-tuning: % of the gap closed\n\n(proxy − base) / (direct − base), the "
+                 f"directly tuned model being `{results['gap_closed'][0]['direct']}`.\n\n"
+                 + gap_table(results))
     (folder / "report.md").write_text(header + text + "\n\n![chart](report.png)\n", encoding="utf-8")
     _chart(results, folder / "report.png")
     write_json_atomic(folder / "results.json", results)  # last: marks a complete report

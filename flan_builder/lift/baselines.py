@@ -10,10 +10,10 @@ one-hot encoded.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-from flan_builder.lift.tables import Table
+from flan_builder.evaluation.numbers import errors
+from flan_builder.sources.tables import Table
 
 CLASSIFIERS = ("majority", "logistic_regression", "decision_tree", "svm", "random_forest", "knn", "mlp")
 REGRESSORS = ("mean", "linear_regression", "decision_tree", "svm", "random_forest", "knn", "mlp")
@@ -69,11 +69,8 @@ def _matrix(table: Table, indices: list[int]) -> Any:
 
 
 def regression_scores(truth: list[float], predicted: list[float], train_mean: float) -> dict[str, float]:
-    """RMSE and RAE (sum |error| / sum |truth - training mean|)."""
-    rmse = math.sqrt(sum((t - p) ** 2 for t, p in zip(truth, predicted, strict=True)) / len(truth))
-    spread = sum(abs(t - train_mean) for t in truth)
-    rae = sum(abs(t - p) for t, p in zip(truth, predicted, strict=True)) / spread if spread else math.nan
-    return {"rmse": rmse, "rae": rae}
+    """RMSE, MAE and RAE (sum |error| / sum |truth - training mean|)."""
+    return errors(truth, predicted, train_mean)
 
 
 def fit_baselines(table: Table, train: list[int], test: list[int], seed: int) -> dict[str, dict[str, float]]:

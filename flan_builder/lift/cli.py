@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from flan_builder.cli_args import batch_size, comma_list, int_list
+
 EPILOG = """examples:
   flan lift --dataset iris --out reports/lift-iris            # train + evaluate + baselines
-  flan lift --csv my.csv --target price --task regression --names shuffled --out reports/price
+  flan lift --csv my.csv --target price --kind regression --names shuffled --out reports/price
   flan lift --dataset wine --names names,generic,shuffled --out reports/wine-names   # the ablation
   flan lift --dataset iris --templates 10 --out reports/iris-10     # all ten phrasings, FLAN-style
   flan lift --dataset iris --seeds 0 --set sft.num_train_epochs=1 --out /tmp/quick
@@ -17,24 +19,20 @@ diabetes (regression). A run resumes where it stopped when started again with th
 """
 
 
-def _seeds(value: str) -> list[int]:
-    from flan_builder.cli import _csv
-
-    try:
-        return [int(v) for v in _csv(value)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a comma list of whole numbers") from None
-
-
 def cmd_lift(args: argparse.Namespace) -> int:
+    from flan_builder.lift.experiment import LiftConfig, run_lift
     from flan_builder.lift.report import table
-    from flan_builder.lift.run import LiftConfig, run_lift
-    from flan_builder.training.run import quiet_library_logs
+    from flan_builder.progress import quiet_library_logs
 
+    if args.old_task:
+        from flan_builder.errors import FlanError
+
+        raise FlanError(f"--task was renamed --kind (classification or regression): "
+                        f"use --kind {args.old_task}")
     quiet_library_logs()
     results = run_lift(LiftConfig(
         out=Path(args.out), dataset=args.dataset, csv=Path(args.csv) if args.csv else None,
-        target=args.target, kind=args.task, model=args.model, names=args.names, seeds=args.seeds,
+        target=args.target, kind=args.kind, model=args.model, names=args.names, seeds=args.seeds,
         recipe=Path(args.recipe), overrides=list(args.set or []), templates=args.templates,
         with_options=not args.no_options, base=not args.no_base, batch_size=args.batch_size,
         digits=args.digits, overwrite=args.overwrite, extend=args.extend,
@@ -45,24 +43,23 @@ def cmd_lift(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``flan lift`` to the top-level parser."""
-    from flan_builder.cli import _csv
-    from flan_builder.evaluation.cli import _batch_size
-    from flan_builder.lift.run import LIFT_RECIPE
+    from flan_builder.lift.experiment import LIFT_RECIPE
 
     parser = sub.add_parser("lift", help="tabular classification / regression as language (LIFT)",
-                            epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                            epilog=EPILOG)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--dataset", help="a bundled table: iris, wine, breast_cancer, digits, diabetes")
     source.add_argument("--csv", help="a CSV or parquet file with a header row")
     parser.add_argument("--target", help="the column to predict (with --csv)")
-    parser.add_argument("--task", choices=("classification", "regression"),
+    parser.add_argument("--kind", choices=("classification", "regression"),
                         help="with --csv (default: regression for a numeric column with >20 values)")
+    parser.add_argument("--task", dest="old_task", help=argparse.SUPPRESS)  # renamed: --kind
     parser.add_argument("--out", required=True, help="report directory (written atomically at the end)")
     parser.add_argument("--model", default="smollm2-135m", help="alias, .gguf file, model dir or Hub id")
-    parser.add_argument("--names", type=_csv, default=["names"], metavar="MODES",
+    parser.add_argument("--names", type=comma_list, default=["names"], metavar="MODES",
                         help="feature names: names, generic (x1, x2, ...), shuffled; a comma list runs "
                              "the ablation in one table")
-    parser.add_argument("--seeds", type=_seeds, default=[0, 1, 2], help="split and training seeds (0,1,2)")
+    parser.add_argument("--seeds", type=int_list, default=[0, 1, 2], help="split and training seeds (0,1,2)")
     parser.add_argument("--recipe", default=str(LIFT_RECIPE), help="training recipe (train/lift.yaml)")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override a recipe field, e.g. sft.num_train_epochs=5 (repeatable)")
@@ -71,7 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                              "protocol; 10: every phrasing, one drawn per training row)")
     parser.add_argument("--no-options", action="store_true", help="leave out the OPTIONS suffix")
     parser.add_argument("--no-base", action="store_true", help="skip the untuned model's zero-shot rows")
-    parser.add_argument("--batch-size", type=_batch_size, default="auto", help="'auto' or rows per batch")
+    parser.add_argument("--batch-size", type=batch_size, default="auto", help="'auto' or rows per batch")
     parser.add_argument("--digits", type=int, default=4, help="significant digits of numbers in text")
     replace = parser.add_mutually_exclusive_group()
     replace.add_argument("--overwrite", action="store_true", help="replace an existing report directory")

@@ -32,7 +32,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"{args.recipe}: ok ({recipe.model}, held out {recipe.heldout}, {recipe.method}, "
               f"-> {recipe.output})")
         return 0
-    from flan_builder.training.run import quiet_library_logs, train
+    from flan_builder.progress import quiet_library_logs
+    from flan_builder.training.job import train
 
     quiet_library_logs()
     result = train(recipe, resume=args.resume, overwrite=args.overwrite)
@@ -50,7 +51,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``flan train`` to the top-level parser."""
     parser = sub.add_parser("train", help="tune a causal LM on every cluster but the held-out one",
-                            epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                            epilog=EPILOG)
     parser.add_argument("recipe", help="a recipe YAML (one per held-out cluster in train/)")
     parser.add_argument("--model", help="alias, .gguf file, model directory or Hub id")
     parser.add_argument("--dataset", help="built dataset directory (dataset.path)")

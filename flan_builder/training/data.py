@@ -9,13 +9,12 @@ they would contribute no loss, only time.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from flan_builder.errors import FlanError
-from flan_builder.manifest import MANIFEST_NAME
+from flan_builder.manifest import read_dataset_manifest
 
 
 @dataclass
@@ -28,18 +27,6 @@ class TrainingData:
     truncated: int = 0  # completion cut short but kept
     tokens: int = 0  # tokens per epoch after truncation
 
-
-def read_dataset_manifest(path: Path) -> dict[str, Any]:
-    """The manifest of a built dataset directory (an error that says how to build one)."""
-    path = Path(path)
-    if not path.is_dir():
-        raise FlanError(f"dataset directory {path} not found; build it with `flan build --heldout "
-                        f"CLUSTER --out {path}` or give the recipe a dataset.build section")
-    manifest_path = path / MANIFEST_NAME
-    if not manifest_path.is_file():
-        raise FlanError(f"{path} is not a complete flan-builder dataset (no {MANIFEST_NAME}); "
-                        "rebuild it with `flan build`")
-    return json.loads(manifest_path.read_text(encoding="utf-8"))
 
 
 def check_heldout(manifest: dict[str, Any], heldout: str, path: Path, train_split: Any) -> None:

@@ -2,15 +2,14 @@
 
 The first number in each prediction is the answer ('151', '151.5 points', ' -3'). An answer with
 no number is counted in ``unparsable`` and scored as the mean of the references, the best a
-constant guess can do, so it stays in the denominator without being rewarded for silence.
+constant guess can do, so it stays in the denominator without being rewarded for silence
+(the rule of ``flan_builder.evaluation.numbers``, shared with ``flan lift``).
 """
-
-import math
 
 import datasets
 import evaluate
 
-from flan_builder.evaluation.run import parse_number  # the same reading as `flan lift`
+from flan_builder.evaluation.numbers import score_numbers
 
 
 class FlanRegression(evaluate.Metric):
@@ -24,10 +23,4 @@ class FlanRegression(evaluate.Metric):
         )
 
     def _compute(self, predictions, references):
-        truth = [float(refs[0]) for refs in references]
-        fallback = sum(truth) / max(len(truth), 1)
-        guesses = [parse_number(p) for p in predictions]
-        errors = [(fallback if g is None else g) - t for g, t in zip(guesses, truth, strict=True)]
-        n = max(len(errors), 1)
-        return {"rmse": math.sqrt(sum(e * e for e in errors) / n), "mae": sum(abs(e) for e in errors) / n,
-                "unparsable": sum(g is None for g in guesses)}
+        return score_numbers([float(refs[0]) for refs in references], list(predictions))

@@ -11,8 +11,7 @@ import pytest
 
 from flan_builder.cli import main
 from flan_builder.errors import FlanError
-from tests.conftest import TEMPLATES
-from tests.test_cli import assert_one_line_error
+from tests.helpers import TEMPLATES, assert_one_line_error
 
 pytest.importorskip("sklearn")
 
@@ -33,21 +32,21 @@ pytest.importorskip("sklearn")
     (0.0, "0"),
 ])
 def test_number_rule_keeps_small_scale_features(value, text):
-    from flan_builder.lift.serialise import format_number
+    from flan_builder.sources.serialise import format_number
 
     assert format_number(value) == text
 
 
 def test_number_rule_digits_setting():
-    from flan_builder.lift.serialise import format_number
+    from flan_builder.sources.serialise import format_number
 
     assert format_number(3.14159, digits=2) == "3.1"
     assert format_number(3.14159, digits=6) == "3.14159"
 
 
 def test_feature_name_modes():
-    from flan_builder.lift.serialise import feature_names
-    from flan_builder.lift.tables import load_sklearn
+    from flan_builder.sources.serialise import feature_names
+    from flan_builder.sources.tables import load_sklearn
 
     names = load_sklearn("wine").feature_names
     assert feature_names(names, "names") == names
@@ -101,7 +100,7 @@ def test_iris_row_reads_like_lift():
 # -- splits and baselines -------------------------------------------------------------------------
 
 def test_stratified_seeded_split():
-    from flan_builder.lift.tables import load_sklearn, split_indices
+    from flan_builder.sources.tables import load_sklearn, split_indices
 
     table = load_sklearn("wine")
     train, test = split_indices(table, seed=0)
@@ -117,7 +116,7 @@ def test_stratified_seeded_split():
 
 def test_baselines_on_the_same_split():
     from flan_builder.lift.baselines import CLASSIFIERS, REGRESSORS, fit_baselines
-    from flan_builder.lift.tables import load_sklearn, split_indices
+    from flan_builder.sources.tables import load_sklearn, split_indices
 
     iris = load_sklearn("iris")
     scores = fit_baselines(iris, *split_indices(iris, 0), seed=0)
@@ -144,7 +143,7 @@ def test_regression_scores_by_hand():
     ("setosa", None), ("", None),
 ])
 def test_parse_number(text, value):
-    from flan_builder.lift.run import parse_number
+    from flan_builder.lift.experiment import parse_number
 
     assert parse_number(text) == value
 
@@ -165,7 +164,7 @@ def _write_csv(path: Path, rows: int = 60, seed: int = 0) -> Path:
 
 
 def test_csv_table_kinds_and_classes(tmp_path):
-    from flan_builder.lift.tables import load_file
+    from flan_builder.sources.tables import load_file
 
     path = _write_csv(tmp_path / "shop.csv")
     table = load_file(path, "size")
@@ -289,8 +288,8 @@ def test_lift_regression_counts_unparsable_answers(tmp_path, capsys, tiny_model_
 
 
 def test_lift_resumes_without_retraining(tmp_path, tiny_model_dir, monkeypatch):
-    from flan_builder.lift import run as lift_run
-    from flan_builder.lift.run import LiftConfig, run_lift
+    from flan_builder.lift import experiment as lift_run
+    from flan_builder.lift.experiment import LiftConfig, run_lift
 
     config = LiftConfig(out=tmp_path / "iris", dataset="iris", model=str(tiny_model_dir), seeds=[0],
                         overrides=QUICK[1::2])
@@ -311,7 +310,7 @@ def test_lift_resumes_without_retraining(tmp_path, tiny_model_dir, monkeypatch):
     logged = [json.loads(line)["method"] for line in (partial / "results.jsonl").read_text().splitlines()]
     assert logged == ["baselines", "lift"]
 
-    import flan_builder.training.run as training_run
+    import flan_builder.training.job as training_run
 
     def no_training(*args, **kwargs):
         raise AssertionError("the finished run was trained again")
@@ -325,8 +324,8 @@ def test_lift_resumes_without_retraining(tmp_path, tiny_model_dir, monkeypatch):
 
 
 def test_lift_extend_adds_seeds_and_modes_without_retraining(tmp_path, tiny_model_dir, monkeypatch, capsys):
-    from flan_builder.lift import run as lift_run
-    from flan_builder.lift.run import LiftConfig, run_lift
+    from flan_builder.lift import experiment as lift_run
+    from flan_builder.lift.experiment import LiftConfig, run_lift
 
     out = tmp_path / "iris"
     first = run_lift(LiftConfig(out=out, dataset="iris", model=str(tiny_model_dir), seeds=[0], base=False,

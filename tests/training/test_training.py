@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import (
+from tests.helpers import (
     FIXTURE_DATA,
     FIXTURE_TEMPLATES,
     HIDDEN,
@@ -26,38 +26,13 @@ from tests.conftest import (
     LAYERS,
     REPO,
     TEMPLATES,
+    make_recipe,
     tiny_config,
+    train_recipe,
 )
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("trl")
-
-def _recipe(tmp_path: Path, model: Path, dataset: Path, name: str = "run", **sections) -> Path:
-    data = {
-        "model": str(model), "heldout": "nli", "output": str(tmp_path / name),
-        "dataset": {"path": str(dataset)},
-        "peft": {"method": "lora", "r": 4, "alpha": 8, "num_virtual_tokens": 5, "encoder_hidden_size": 16},
-        "sft": {"max_steps": 4, "per_device_train_batch_size": 4, "learning_rate": 1e-2,
-                "logging_steps": 1, "save_steps": 2, "max_length": 96, "disable_tqdm": True,
-                "dataloader_num_workers": 0},
-        "train": {},
-    }
-    for section, values in sections.items():
-        if isinstance(values, dict):
-            data.setdefault(section, {}).update(values)
-        else:
-            data[section] = values
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(data), encoding="utf-8")
-    return path
-
-
-def _train(recipe_path: Path, overrides=(), **kwargs):
-    from flan_builder.training.recipe import load_recipe
-    from flan_builder.training.run import train
-
-    return train(load_recipe(recipe_path, list(overrides)), **kwargs)
-
 
 # -- recipes -----------------------------------------------------------------------------------
 
@@ -186,8 +161,8 @@ def test_each_peft_method_trains_saves_and_reloads(tmp_path, tiny_model_dir, toy
                                                    method):
     from transformers import AutoModelForCausalLM
 
-    recipe = _recipe(tmp_path, tiny_model_dir, toy_build, peft={"method": method})
-    result = _train(recipe)
+    recipe = make_recipe(tmp_path, tiny_model_dir, toy_build, peft={"method": method})
+    result = train_recipe(recipe)
     out, manifest = result.out, result.manifest
     assert (out / "run.json").is_file() and (out / "recipe.yaml").is_file()
     assert (out / "tokenizer_config.json").is_file()
@@ -210,7 +185,7 @@ def test_merge_writes_a_model_equal_to_base_plus_adapter(tmp_path, tiny_model_di
                                                          tokenizer):
     from transformers import AutoModelForCausalLM
 
-    result = _train(_recipe(tmp_path, tiny_model_dir, toy_build), ["train.merge=true"])
+    result = train_recipe(make_recipe(tmp_path, tiny_model_dir, toy_build), ["train.merge=true"])
     text = "Translate: bonjour"
     adapter = _reloaded_logits(result.out, result.manifest, tokenizer, text)
     merged = AutoModelForCausalLM.from_pretrained(result.out / "merged").eval()
@@ -220,7 +195,7 @@ def test_merge_writes_a_model_equal_to_base_plus_adapter(tmp_path, tiny_model_di
 
 
 def test_run_manifest_records_dataset_model_and_versions(tmp_path, tiny_model_dir, toy_build):
-    result = _train(_recipe(tmp_path, tiny_model_dir, toy_build))
+    result = train_recipe(make_recipe(tmp_path, tiny_model_dir, toy_build))
     run = json.loads((result.out / "run.json").read_text())
     built = json.loads((toy_build / "manifest.json").read_text())
     assert run["dataset"]["content_hash"] == built["content_hash"]
@@ -234,9 +209,9 @@ def test_run_manifest_records_dataset_model_and_versions(tmp_path, tiny_model_di
 
 
 def test_same_recipe_and_seed_give_the_same_loss_curve(tmp_path, tiny_model_dir, toy_build):
-    first = _train(_recipe(tmp_path, tiny_model_dir, toy_build, name="a")).manifest["loss_curve"]
-    second = _train(_recipe(tmp_path, tiny_model_dir, toy_build, name="b")).manifest["loss_curve"]
-    other = _train(_recipe(tmp_path, tiny_model_dir, toy_build, name="c"), ["sft.seed=1"])
+    first = train_recipe(make_recipe(tmp_path, tiny_model_dir, toy_build, name="a")).manifest["loss_curve"]
+    second = train_recipe(make_recipe(tmp_path, tiny_model_dir, toy_build, name="b")).manifest["loss_curve"]
+    other = train_recipe(make_recipe(tmp_path, tiny_model_dir, toy_build, name="c"), ["sft.seed=1"])
     assert first == second
     assert other.manifest["loss_curve"] != first
 
@@ -244,9 +219,11 @@ def test_same_recipe_and_seed_give_the_same_loss_curve(tmp_path, tiny_model_dir,
 def test_padding_free_and_compact_head_train_like_padded_batches(tmp_path, tiny_model_dir, toy_build):
     """The fast paths change how a batch is computed, not what is learned."""
     # no dropout: its random masks depend on the batch layout
-    fast = _train(_recipe(tmp_path, tiny_model_dir, toy_build, name="fast"), ["peft.dropout=0"]).manifest
-    plain = _train(_recipe(tmp_path, tiny_model_dir, toy_build, name="plain"),
-                   ["peft.dropout=0", "train.padding_free=false", "train.compact_lm_head=false"]).manifest
+    fast = train_recipe(make_recipe(tmp_path, tiny_model_dir, toy_build, name="fast"),
+                        ["peft.dropout=0"]).manifest
+    plain = train_recipe(make_recipe(tmp_path, tiny_model_dir, toy_build, name="plain"),
+                         ["peft.dropout=0", "train.padding_free=false",
+                          "train.compact_lm_head=false"]).manifest
     assert fast["padding_free"] and not plain["padding_free"] and not plain["compact_lm_head"]
     assert [s for s, _ in fast["loss_curve"]] == [s for s, _ in plain["loss_curve"]]
     for (_, a), (_, b) in zip(fast["loss_curve"], plain["loss_curve"], strict=True):
@@ -281,7 +258,7 @@ def test_messages_datasets_train_with_the_chat_template(tmp_path, tiny_model_dir
     data = tmp_path / "msgs"
     build(BuildConfig(heldout="nli", out=data, data_dir=FIXTURE_DATA, templates_dir=FIXTURE_TEMPLATES,
                       style="messages"), registry=load_registry(FIXTURE_TEMPLATES))
-    result = _train(_recipe(tmp_path, tiny_model_dir, data, sft={"max_length": 256}))
+    result = train_recipe(make_recipe(tmp_path, tiny_model_dir, data, sft={"max_length": 256}))
     assert result.manifest["dataset"]["style"] == "messages"
     assert result.manifest["padding_free"] is False and result.manifest["steps"] == 4
 
@@ -295,7 +272,7 @@ def test_resume_gives_the_same_final_weights_as_an_uninterrupted_run(tmp_path, t
 
     from flan_builder.training import sft
 
-    whole = _train(_recipe(tmp_path, tiny_model_dir, toy_build, name="whole",
+    whole = train_recipe(make_recipe(tmp_path, tiny_model_dir, toy_build, name="whole",
                            sft={"max_steps": 6, "save_steps": 3}))
 
     class Interrupt(TrainerCallback):
@@ -309,14 +286,15 @@ def test_resume_gives_the_same_final_weights_as_an_uninterrupted_run(tmp_path, t
         original_init(self, *args, **kwargs)
         self.add_callback(Interrupt())
 
-    recipe = _recipe(tmp_path, tiny_model_dir, toy_build, name="split", sft={"max_steps": 6, "save_steps": 3})
+    recipe = make_recipe(tmp_path, tiny_model_dir, toy_build, name="split",
+                         sft={"max_steps": 6, "save_steps": 3})
     monkeypatch.setattr(sft.FlanSFTTrainer, "__init__", init_with_interrupt)
     with pytest.raises(KeyboardInterrupt):
-        _train(recipe)
+        train_recipe(recipe)
     monkeypatch.setattr(sft.FlanSFTTrainer, "__init__", original_init)
     assert not (tmp_path / "split").exists()  # nothing at the output path
     assert (tmp_path / ".split.partial" / "checkpoints" / "checkpoint-3").is_dir()
-    resumed = _train(recipe, resume=True)
+    resumed = train_recipe(recipe, resume=True)
     assert resumed.manifest["resumed_from"].endswith("checkpoint-3")
     assert resumed.manifest["steps"] == 6
     a = load_file(whole.out / "adapter_model.safetensors")
@@ -331,7 +309,7 @@ def test_resume_gives_the_same_final_weights_as_an_uninterrupted_run(tmp_path, t
 
 @pytest.mark.slow
 def test_killed_run_leaves_no_complete_looking_output_and_resumes(tmp_path, tiny_model_dir, toy_build):
-    recipe = _recipe(tmp_path, tiny_model_dir, toy_build, name="killed",
+    recipe = make_recipe(tmp_path, tiny_model_dir, toy_build, name="killed",
                      sft={"max_steps": 400, "save_steps": 2, "per_device_train_batch_size": 2})
     env = {**os.environ, "TQDM_DISABLE": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "flan_builder.cli", "train", str(recipe)],
@@ -360,7 +338,7 @@ def _cli(args, cwd=REPO):
 
 
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, tiny_model_dir, toy_build):
-    recipe = _recipe(tmp_path, tiny_model_dir, toy_build)
+    recipe = make_recipe(tmp_path, tiny_model_dir, toy_build)
     (tmp_path / "exists").mkdir()
     cases = [
         (["--dataset", str(tmp_path / "nope")], "dataset directory"),
@@ -384,7 +362,7 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, tiny_model_dir, toy_bui
 
 
 def test_resume_skips_a_checkpoint_left_incomplete_by_a_kill_mid_save(tmp_path):
-    from flan_builder.training.run import last_checkpoint
+    from flan_builder.training.job import last_checkpoint
 
     folder = tmp_path / "checkpoints"
     for step, complete in [(2, True), (4, True), (6, False)]:
@@ -403,19 +381,19 @@ def test_resume_skips_a_checkpoint_left_incomplete_by_a_kill_mid_save(tmp_path):
 def test_known_breakage_prefix_tuning_with_activation_checkpointing_is_handled(
         tmp_path, tiny_model_dir, toy_build):
     """peft prefix key/values and checkpointed attention disagree on the mask size; we train without it."""
-    result = _train(_recipe(tmp_path, tiny_model_dir, toy_build),
+    result = train_recipe(make_recipe(tmp_path, tiny_model_dir, toy_build),
                     ["peft.method=prefix_tuning", "sft.gradient_checkpointing=true"])
     assert result.manifest["steps"] == 4 and result.manifest["final_loss"] is not None
 
 
 def test_report_to_tensorboard_keeps_its_logs_in_the_run(tmp_path, tiny_model_dir, toy_build):
     pytest.importorskip("tensorboard")
-    result = _train(_recipe(tmp_path, tiny_model_dir, toy_build), ["sft.report_to=tensorboard"])
+    result = train_recipe(make_recipe(tmp_path, tiny_model_dir, toy_build), ["sft.report_to=tensorboard"])
     assert list((result.out / "runs").rglob("events.out.tfevents*"))
 
 
 def test_packing_trains_on_the_pretokenized_rows(tmp_path, tiny_model_dir, toy_build):
-    result = _train(_recipe(tmp_path, tiny_model_dir, toy_build), ["sft.packing=true"])
+    result = train_recipe(make_recipe(tmp_path, tiny_model_dir, toy_build), ["sft.packing=true"])
     assert result.manifest["packing"] is True and result.manifest["steps"] == 4
 
 
@@ -423,7 +401,8 @@ def test_a_training_split_with_held_out_rows_is_refused(toy_build):
     from datasets import Dataset
 
     from flan_builder.errors import FlanError
-    from flan_builder.training.data import check_heldout, read_dataset_manifest
+    from flan_builder.manifest import read_dataset_manifest
+    from flan_builder.training.data import check_heldout
 
     manifest = read_dataset_manifest(toy_build)
     leaking = Dataset.from_list([{"cluster": "qa", "task": "toy_qa"},
@@ -444,8 +423,8 @@ def test_a_training_split_with_held_out_rows_is_refused(toy_build):
     ([], 60.0, "messages", False),
 ])
 def test_auto_padding_free_follows_the_flattened_batch_length(overrides, mean_tokens, style, expected):
+    from flan_builder.training.job import _choose_padding_free
     from flan_builder.training.recipe import load_recipe
-    from flan_builder.training.run import _choose_padding_free
 
     recipe = load_recipe(REPO / "train" / "heldout-nli.yaml", overrides)
     assert _choose_padding_free(recipe, style, mean_tokens) is expected

@@ -5,9 +5,9 @@ prompt. Tokenization follows lm-evaluation-harness: encode ``prompt + continuati
 together and score the tokens after ``len(encode(prompt))``, so a token that straddles
 the boundary is never split in a way the model never saw.
 
-The fast path (``score_shared_prefix``) runs each prompt once, keeps its key/value cache,
+The fast path (``logits_shared_prefix``) runs each prompt once, keeps its key/value cache,
 and runs every option of the row against a copy of that cache; only the positions that
-are scored go through the LM head. ``score_full_sequences`` is the plain reference: one
+are scored go through the LM head. ``logits_full_sequences`` is the plain reference: one
 full forward pass per (prompt, option) pair, every position projected. Both return the
 same numbers (tests check it to 1e-4); the reference is also the fallback for models
 that prepend virtual tokens (prompt tuning, prefix tuning, P-tuning), whose forward
@@ -62,14 +62,39 @@ def _pad(seqs: list[list[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]
     return ids, mask
 
 
-def _token_logprobs(head: Any, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    logits = head(hidden).float()
-    return logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+@dataclass
+class ScoredLogits:
+    """Next-token logits at every scored position, in a fixed order: option by option, token by token.
+
+    Row ``offsets[o] + j`` predicts token ``j`` of option ``o`` (options of all rows, flattened).
+    The order does not depend on the scoring path, so the logits of several models that share a
+    tokenizer line up position by position (proxy-tuning combines them there).
+    """
+
+    logits: torch.Tensor  # [positions, vocabulary], float32
+    targets: torch.Tensor  # [positions]
+    option: torch.Tensor  # [positions]: which option each position belongs to
+    n_options: int
+
+
+def _layout(rows: list[Encoded]) -> tuple[list[int], list[list[int]], torch.Tensor]:
+    """(owner row of each option, the options, offset of each option's first position)."""
+    owner = [i for i, r in enumerate(rows) for _ in r.options]
+    options = [o for r in rows for o in r.options]
+    lengths = torch.tensor([len(o) for o in options])
+    offsets = torch.cumsum(lengths, 0) - lengths
+    return owner, options, offsets
+
+
+def _targets(options: list[list[int]], offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    flat = torch.tensor([t for o in options for t in o], dtype=torch.long)
+    option = torch.repeat_interleave(torch.arange(len(options)), torch.tensor([len(o) for o in options]))
+    return flat, option
 
 
 @torch.no_grad()
-def score_shared_prefix(model: Any, rows: list[Encoded], pad_id: int) -> list[list[float]]:
-    """Summed log-likelihood per option, each prompt run once and its cache shared by its options."""
+def logits_shared_prefix(model: Any, rows: list[Encoded], pad_id: int) -> ScoredLogits:
+    """Each prompt run once, its cache shared by its options; only scored positions hit the LM head."""
     from transformers import DynamicCache
 
     backbone, head = _backbone_and_head(model)
@@ -82,8 +107,7 @@ def score_shared_prefix(model: Any, rows: list[Encoded], pad_id: int) -> list[li
     lengths = torch.tensor([len(p) for p in prompts], device=device)
     last_hidden = out.last_hidden_state[torch.arange(len(rows), device=device), lengths - 1]
 
-    owner = [i for i, r in enumerate(rows) for _ in r.options]
-    options = [o for r in rows for o in r.options]
+    owner, options, offsets = _layout(rows)
     index = torch.tensor(owner, device=device)
     cache = out.past_key_values
     cache.reorder_cache(index)  # one copy of the prompt's keys/values per option
@@ -96,35 +120,30 @@ def score_shared_prefix(model: Any, rows: list[Encoded], pad_id: int) -> list[li
 
     # Token j of an option is predicted by the hidden state before it: the prompt's last
     # position for j = 0, the option's position j - 1 after that. Only these go through the head.
-    first = _token_logprobs(head, last_hidden[index], option_ids[:, 0])
     rest_mask = option_mask[:, 1:].bool()
-    rest = _token_logprobs(head, hidden[:, :-1][rest_mask], option_ids[:, 1:][rest_mask])
-    per_option = first.clone()
-    per_option.index_add_(0, rest_mask.nonzero()[:, 0], rest)
-    scores: list[list[float]] = [[] for _ in rows]
-    for row, value in zip(owner, per_option.tolist(), strict=True):
-        scores[row].append(value)
-    return scores
+    picked = torch.cat([last_hidden[index], hidden[:, :-1][rest_mask]])
+    where = torch.cat([offsets, (offsets.unsqueeze(1) + 1 + torch.arange(rest_mask.shape[1]))[
+        rest_mask.cpu()]])
+    logits = head(picked).float()
+    ordered = torch.empty_like(logits)
+    ordered[where.to(device)] = logits
+    targets, option = _targets(options, offsets)
+    return ScoredLogits(ordered, targets.to(device), option.to(device), len(options))
 
 
 @torch.no_grad()
-def score_full_sequences(model: Any, rows: list[Encoded], pad_id: int) -> list[list[float]]:
-    """Reference scoring: a full forward pass per (prompt, option) pair, every position projected."""
+def logits_full_sequences(model: Any, rows: list[Encoded], pad_id: int) -> ScoredLogits:
+    """Reference path: a full forward pass per (prompt, option) pair, every position projected."""
     device = next(model.parameters()).device
-    pairs = [(i, r.fulls[k] if r.fulls else r.prompt + o, len(r.options[k]))
-             for i, r in enumerate(rows) for k, o in enumerate(r.options)]
-    ids, mask = _pad([p[1] for p in pairs], pad_id)
+    owner, options, offsets = _layout(rows)
+    fulls = [r.fulls[k] if r.fulls else r.prompt + o for r in rows for k, o in enumerate(r.options)]
+    ids, mask = _pad(fulls, pad_id)
     logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
     # prompt-learning models return logits for their virtual tokens too: keep the text's
     logits = logits[:, -ids.shape[1]:]
-    logprobs = logits.log_softmax(-1)
-    scores: list[list[float]] = [[] for _ in rows]
-    for n, (row, full, scored) in enumerate(pairs):
-        end = len(full)
-        targets = torch.tensor(full[end - scored:], device=device)
-        picked = logprobs[n, end - scored - 1: end - 1].gather(-1, targets.unsqueeze(-1))
-        scores[row].append(float(picked.sum()))
-    return scores
+    picked = [logits[n, len(full) - len(options[n]) - 1: len(full) - 1] for n, full in enumerate(fulls)]
+    targets, option = _targets(options, offsets)
+    return ScoredLogits(torch.cat(picked), targets.to(device), option.to(device), len(options))
 
 
 def supports_shared_prefix(model: Any) -> bool:
@@ -135,8 +154,43 @@ def supports_shared_prefix(model: Any) -> bool:
     return hasattr(model, "get_output_embeddings") and model.get_output_embeddings() is not None
 
 
+def scored_logits(model: Any, rows: list[Encoded], pad_id: int) -> ScoredLogits:
+    """The logits at every scored position, by the fastest exact path the model allows."""
+    if supports_shared_prefix(model) and all(r.shared for r in rows):
+        return logits_shared_prefix(model, rows, pad_id)
+    return logits_full_sequences(model, rows, pad_id)
+
+
+def option_sums(logits: torch.Tensor, scored: ScoredLogits) -> list[float]:
+    """Summed log-probability of each option's tokens under ``logits`` (one row per position)."""
+    logprobs = logits.log_softmax(-1).gather(-1, scored.targets.unsqueeze(-1)).squeeze(-1)
+    sums = torch.zeros(scored.n_options, dtype=logprobs.dtype, device=logprobs.device)
+    sums.index_add_(0, scored.option, logprobs)
+    return sums.tolist()
+
+
+def per_row(rows: list[Encoded], flat: list[float]) -> list[list[float]]:
+    """Split option scores (flattened over rows) back into one list per row."""
+    out, start = [], 0
+    for row in rows:
+        out.append(flat[start: start + len(row.options)])
+        start += len(row.options)
+    return out
+
+
+def score_shared_prefix(model: Any, rows: list[Encoded], pad_id: int) -> list[list[float]]:
+    """Summed log-likelihood per option, each prompt run once and its cache shared by its options."""
+    scored = logits_shared_prefix(model, rows, pad_id)
+    return per_row(rows, option_sums(scored.logits, scored))
+
+
+def score_full_sequences(model: Any, rows: list[Encoded], pad_id: int) -> list[list[float]]:
+    """Reference scoring: a full forward pass per (prompt, option) pair, every position projected."""
+    scored = logits_full_sequences(model, rows, pad_id)
+    return per_row(rows, option_sums(scored.logits, scored))
+
+
 def score_rows(model: Any, rows: list[Encoded], pad_id: int) -> list[list[float]]:
     """Score a batch with the fastest exact method the model allows."""
-    if supports_shared_prefix(model) and all(r.shared for r in rows):
-        return score_shared_prefix(model, rows, pad_id)
-    return score_full_sequences(model, rows, pad_id)
+    scored = scored_logits(model, rows, pad_id)
+    return per_row(rows, option_sums(scored.logits, scored))

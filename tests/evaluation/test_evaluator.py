@@ -8,8 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import FIXTURE_DATA, FIXTURE_TEMPLATES, REPO
-from tests.test_training import _recipe, _train
+from tests.helpers import FIXTURE_DATA, FIXTURE_TEMPLATES, REPO, make_recipe, train_recipe
 
 pytest.importorskip("torch")
 pytest.importorskip("evaluate")
@@ -17,18 +16,18 @@ pytest.importorskip("evaluate")
 
 @pytest.fixture(scope="module")
 def tuned_run(tmp_path_factory, tiny_model_dir, toy_build):
-    return _train(_recipe(tmp_path_factory.mktemp("run"), tiny_model_dir, toy_build)).out
+    return train_recipe(make_recipe(tmp_path_factory.mktemp("run"), tiny_model_dir, toy_build)).out
 
 
 def _config(tmp_path, models, data, **kwargs):
-    from flan_builder.evaluation.run import EvalConfig
+    from flan_builder.evaluation.evaluator import EvalConfig
 
     return EvalConfig(models=[str(m) for m in models], data=data, out=tmp_path / "report", **kwargs)
 
 
 def test_base_and_tuned_on_the_same_rows_with_a_report(tmp_path, tiny_model_dir, tuned_run,
                                                        toy_build):
-    from flan_builder.evaluation.run import evaluate_models
+    from flan_builder.evaluation.evaluator import evaluate_models
 
     results = evaluate_models(_config(tmp_path, [tiny_model_dir, tuned_run], toy_build,
                                       options=(True, False)))
@@ -52,7 +51,7 @@ def test_base_and_tuned_on_the_same_rows_with_a_report(tmp_path, tiny_model_dir,
 
 def test_interrupted_evaluation_resumes_without_recomputing(tmp_path, tiny_model_dir, toy_build,
                                                             monkeypatch):
-    from flan_builder.evaluation import run
+    from flan_builder.evaluation import evaluator as run
 
     calls = []
     original = run.score_classification
@@ -107,7 +106,7 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, tiny_model_dir, toy_bui
 
 def test_generation_rows_are_decoded_and_scored_with_the_shipped_metric(tmp_path, tiny_model_dir):
     from flan_builder.build import BuildConfig, build
-    from flan_builder.evaluation.run import evaluate_models
+    from flan_builder.evaluation.evaluator import evaluate_models
     from flan_builder.specs import load_registry
 
     data = tmp_path / "qa"
@@ -134,9 +133,9 @@ def test_generation_rows_are_decoded_and_scored_with_the_shipped_metric(tmp_path
 def test_shipped_metric_modules_load_offline_by_path(module, predictions, references, expected):
     import evaluate
 
-    from flan_builder.evaluation.run import METRICS_DIR
+    from flan_builder.evaluation.metrics import metric
 
-    result = evaluate.load(str(METRICS_DIR / module)).compute(predictions=predictions, references=references)
+    result = evaluate.load(str(metric(module).path)).compute(predictions=predictions, references=references)
     for key, value in expected.items():
         assert result[key] == pytest.approx(value, abs=1e-6)
 
@@ -144,10 +143,10 @@ def test_shipped_metric_modules_load_offline_by_path(module, predictions, refere
 @pytest.mark.parametrize("method", ["prompt_tuning", "ia3"])
 def test_adapters_of_other_methods_load_onto_their_base_from_the_run_manifest(
         tmp_path, tiny_model_dir, toy_build, method):
-    from flan_builder.evaluation.loading import load_for_eval
-    from flan_builder.evaluation.run import evaluate_models
+    from flan_builder.evaluation.evaluator import evaluate_models
+    from flan_builder.lm.hf import load_for_eval
 
-    run_dir = _train(_recipe(tmp_path, tiny_model_dir, toy_build, peft={"method": method})).out
+    run_dir = train_recipe(make_recipe(tmp_path, tiny_model_dir, toy_build, peft={"method": method})).out
     model, _, info = load_for_eval(str(run_dir))
     assert info["kind"] == "adapter" and info["method"] == method
     # virtual-token adapters stay PEFT models (scored by full sequences); IA3 is merged
@@ -157,25 +156,29 @@ def test_adapters_of_other_methods_load_onto_their_base_from_the_run_manifest(
     assert {r["model"] for r in results["records"]} == {str(tiny_model_dir), str(run_dir)}
 
 
-def test_tabular_regression_is_scored_by_rmse_and_kept_out_of_the_cluster_mean(tiny_model_dir):
-    from flan_builder.evaluation.loading import load_for_eval
-    from flan_builder.evaluation.run import _aggregate, score_generation
+def test_tabular_regression_is_scored_by_rmse_and_kept_out_of_the_cluster_mean(tiny_model_dir, registry):
+    from flan_builder.evaluation.aggregate import aggregate
+    from flan_builder.evaluation.scorers import score_generation
+    from flan_builder.lm.hf import HFLM
 
-    model, tokenizer, _ = load_for_eval(str(tiny_model_dir))
+    lm = HFLM.load(str(tiny_model_dir), batch_size=2)
     rows = [{"prompt": f"age is {40 + i}, bmi is 2{i}.1. Progression?", "input": f"age is {40 + i}.",
              "references": [str(100 + 10 * i)], "target": str(100 + 10 * i)} for i in range(4)]
-    scores = score_generation(model, tokenizer, rows, "tabular", True, 2, from_hub=True)  # local only
+    # how diabetes is scored comes from its spec (metric: flan_regression), not a guess from the rows
+    diabetes_eval = registry.evaluation(registry.task("diabetes")).to_json()
+    scores = score_generation(lm, rows, diabetes_eval, True, from_hub=True)  # local only: no Hub module
     assert set(scores) == {"rmse", "mae", "unparsable", "n", "examples"} and scores["n"] == 4
     assert scores["rmse"] >= scores["mae"] >= 0 and 0 <= scores["unparsable"] <= 4
-    # the same rows outside the tabular cluster stay QA (a number can be a short answer)
-    assert "exact_match" in score_generation(model, tokenizer, rows, "closed_book_qa", True, 2, False)
+    # the same rows scored as a QA task (a number can be a short answer) use its cluster's metric
+    qa_eval = registry.evaluation(registry.task("nq_open")).to_json()
+    assert "exact_match" in score_generation(lm, rows, qa_eval, True, False)
 
     def record(task, template, metric, value):
         return {"model": "m", "options": True, "task": task, "cluster": "tabular", "template": template,
                 "metric": metric, "scores": {metric: value, "acc_norm": value}}
 
-    summary = _aggregate([record("diabetes", "t1", "rmse", 60.0), record("diabetes", "t2", "rmse", 80.0),
-                          record("iris", "t1", "acc", 50.0), record("iris", "t2", "acc", 70.0)])
+    summary = aggregate([record("diabetes", "t1", "rmse", 60.0), record("diabetes", "t2", "rmse", 80.0),
+                         record("iris", "t1", "acc", 50.0), record("iris", "t2", "acc", 70.0)])
     diabetes = next(d for d in summary["datasets"] if d["task"] == "diabetes")
     assert (diabetes["best"], diabetes["worst"], diabetes["best_template"]) == (60.0, 80.0, "t1")
     assert summary["clusters"] == [{"model": "m", "options": True, "cluster": "tabular", "mean": 60.0,

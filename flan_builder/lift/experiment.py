@@ -26,7 +26,6 @@ from typing import Any
 import yaml
 
 from flan_builder.errors import FlanError
-from flan_builder.evaluation.run import generate_greedy, parse_number, score_classification
 from flan_builder.specs import FEATURE_NAME_MODES, Registry, TaskSpec, load_registry, load_spec
 from flan_builder.templating import DEFAULT_SEPARATOR
 
@@ -63,7 +62,7 @@ class LiftConfig:
 
 def _file_spec(config: LiftConfig, folder: Path) -> TaskSpec:
     """A spec for a user's table, written beside a copy of the shared serialisation templates."""
-    from flan_builder.lift.tables import load_file
+    from flan_builder.sources.tables import load_file
     from flan_builder.specs import default_templates_dir
 
     assert config.csv is not None and config.target is not None
@@ -82,7 +81,8 @@ def _file_spec(config: LiftConfig, folder: Path) -> TaskSpec:
     if table.kind == "classification":
         data.update(fields=["features", "label"], options=table.classes, answer="label")
     else:
-        data.update(fields=["features", "target", "target_text"], references="[target_text]")
+        data.update(fields=["features", "target", "target_text"], references="[target_text]",
+                    metric="flan_regression", generation={"max_new_tokens": REGRESSION_MAX_NEW_TOKENS})
     spec_dir = folder / "tabular"
     spec_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy(default_templates_dir() / "tabular" / "_serialisations.yaml", spec_dir)
@@ -129,8 +129,9 @@ def _build(spec: TaskSpec, seed: int, out: Path, with_options: bool, templates: 
 
 
 def _train(config: LiftConfig, dataset: Path, seed: int, out: Path) -> dict[str, Any]:
+    from flan_builder.training.job import RUN_MANIFEST, train
     from flan_builder.training.recipe import load_recipe
-    from flan_builder.training.run import RUN_MANIFEST, partial_dir, train
+    from flan_builder.workdir import partial_dir
 
     if (out / RUN_MANIFEST).is_file():
         return json.loads((out / RUN_MANIFEST).read_text(encoding="utf-8"))
@@ -158,29 +159,27 @@ def _test_rows(spec: TaskSpec, with_options: bool, templates: int | None) -> dic
     return rendered
 
 
-def evaluate_rows(model: Any, tokenizer: Any, spec: TaskSpec, rendered: dict[str, list[dict[str, Any]]],
+def evaluate_rows(lm: Any, spec: TaskSpec, rendered: dict[str, list[dict[str, Any]]],
                   config: LiftConfig, train_mean: float | None) -> dict[str, Any]:
     """Per template: accuracy (rank classification) or RMSE / RAE from parsed greedy answers."""
-    from flan_builder.lift.baselines import regression_scores
+    from flan_builder.evaluation.numbers import score_numbers
+    from flan_builder.evaluation.scorers import score_classification
+    from flan_builder.lm.base import GenerationRequest
 
     per_template: dict[str, dict[str, Any]] = {}
     for template, rows in rendered.items():
         if spec.type == "classification":
-            scores = score_classification(model, tokenizer, rows, DEFAULT_SEPARATOR, config.with_options,
-                                          config.batch_size)
+            scores = score_classification(lm, rows, DEFAULT_SEPARATOR, config.with_options)
             per_template[template] = {"accuracy": scores["acc"], "accuracy_norm": scores["acc_norm"],
                                       "n": scores["n"]}
             continue
-        prompts = [row["prompt"] for row in rows]
-        answers = generate_greedy(model, tokenizer, prompts, REGRESSION_MAX_NEW_TOKENS, config.batch_size)
-        parsed = [parse_number(a) for a in answers]
+        answers = lm.generate([GenerationRequest(row["prompt"], REGRESSION_MAX_NEW_TOKENS) for row in rows])
         # An unparsable answer stays in the denominator: it is scored as the training mean
-        # (what the "mean" baseline predicts) and counted.
+        # (what the "mean" baseline predicts) and counted (evaluation.numbers' rule).
         assert train_mean is not None
-        predicted = [p if p is not None else train_mean for p in parsed]
-        truth = [row["value"] for row in rows]
-        per_template[template] = {**regression_scores(truth, predicted, train_mean), "n": len(rows),
-                                  "unparsable": sum(p is None for p in parsed), "examples": answers[:3]}
+        scores = score_numbers([row["value"] for row in rows], answers, train_mean)
+        per_template[template] = {"rmse": scores["rmse"], "rae": scores["rae"], "n": len(rows),
+                                  "unparsable": scores["unparsable"], "examples": answers[:3]}
     return per_template
 
 
@@ -195,10 +194,10 @@ def _log(path: Path, record: dict[str, Any], records: list[dict[str, Any]]) -> N
 def run_lift(config: LiftConfig) -> dict[str, Any]:
     """Every (mode, seed): build, train, evaluate, baselines; then one atomic report."""
     from flan_builder.atomic import atomic_directory, check_output_free
-    from flan_builder.evaluation.loading import load_for_eval
     from flan_builder.lift.baselines import fit_baselines
     from flan_builder.lift.report import write_report
-    from flan_builder.lift.tables import load_table, split_indices
+    from flan_builder.lm.hf import HFLM
+    from flan_builder.sources.tables import load_table, split_indices
 
     started = time.perf_counter()
     for mode in config.names:
@@ -263,10 +262,10 @@ def run_lift(config: LiftConfig) -> dict[str, Any]:
                     model_name = str(run_dir)
                 else:
                     model_name = config.model
-                model, tokenizer, _ = load_for_eval(model_name)
+                lm = HFLM.load(model_name, config.batch_size)
                 e0 = time.perf_counter()
-                per_template = evaluate_rows(model, tokenizer, variant, rendered, config, mean)
-                del model
+                per_template = evaluate_rows(lm, variant, rendered, config, mean)
+                lm.close()
                 _log(log_path, {"method": method, "names": mode, "seed": seed, "per_template": per_template,
                                 **run_info, "eval_seconds": round(time.perf_counter() - e0, 1),
                                 "seconds": round(time.perf_counter() - t0, 1)}, records)

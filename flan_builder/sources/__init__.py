@@ -1,4 +1,4 @@
-"""Where rows come from: the Hugging Face Hub, or a local mirror with the same schema.
+"""Where rows come from: the Hugging Face Hub, a local mirror with the same schema, or a table.
 
 A mirror is a directory ``DIR/<mirror>/<split>.jsonl`` holding the Hub dataset's rows
 with its field names and label encoding, so one task spec serves both.
@@ -122,7 +122,7 @@ def load_split(spec: TaskSpec, role: str, data_dir: Path | None) -> Rows:
         raise FlanError(f"task {spec.name} has no {role} split (its spec declares: "
                         f"{', '.join(spec.source.splits)})")
     if spec.source.tabular is not None:  # a table, split and serialised here (no Hub, no mirror)
-        from flan_builder.lift.serialise import tabular_split
+        from flan_builder.sources.serialise import tabular_split
 
         table_rows, origin = tabular_split(spec, split)
         rows = Rows(spec.name, split, origin, table_rows)

@@ -18,7 +18,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 from flan_builder.errors import FlanError
-from flan_builder.lift.tables import Table
+from flan_builder.sources.tables import Table
 from flan_builder.specs import FEATURE_NAME_MODES
 
 MISSING = "missing"
@@ -89,7 +89,7 @@ def serialise_rows(table: Table, mode: str = "names", seed: int = 0, digits: int
 
 def tabular_split(spec: Any, split: str) -> tuple[list[dict[str, Any]], str]:
     """The rows of a tabular spec's ``train`` or ``test`` split, serialised per its source settings."""
-    from flan_builder.lift.tables import load_table, split_indices
+    from flan_builder.sources.tables import load_table, split_indices
 
     source = spec.source.tabular
     table = load_table(source, base=spec.path.parent)

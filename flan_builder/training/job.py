@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import resource
 import shutil
 import sys
@@ -27,6 +26,7 @@ from flan_builder.atomic import atomic_directory, check_output_free, write_json_
 from flan_builder.errors import FlanError
 from flan_builder.manifest import command_line, package_versions
 from flan_builder.training.recipe import VIRTUAL_TOKEN_METHODS, Recipe
+from flan_builder.workdir import partial_dir
 
 RUN_MANIFEST = "run.json"
 TRAIN_PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate")
@@ -37,10 +37,6 @@ log = logging.getLogger("flan_builder.train")
 class TrainResult:
     out: Path
     manifest: dict[str, Any]
-
-
-def partial_dir(out: Path) -> Path:
-    return out.parent / f".{out.name}.partial"
 
 
 def _complete(checkpoint: Path, step: int) -> bool:
@@ -279,19 +275,3 @@ def _write_output(trainer: Any, tokenizer: Any, recipe: Recipe, manifest: dict[s
         manifest["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         # Written last: its presence marks a complete run.
         write_json_atomic(tmp / RUN_MANIFEST, manifest)
-
-
-def quiet_library_logs() -> None:
-    """Keep transformers / datasets chatter out of a CLI run unless the user asks for it."""
-    if os.environ.get("FLAN_VERBOSE"):
-        return
-    import warnings
-
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    # peft looks for a config.json beside a GGUF base to see whether the vocabulary changed
-    warnings.filterwarnings("ignore", message="Could not find a config file")
-    # SFTConfig's own default still uses the old name; nothing for the user to change
-    warnings.filterwarnings("ignore", category=FutureWarning, message=".*gradient_checkpointing.*")
-    logging.getLogger("trl").setLevel(logging.ERROR)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 torch = pytest.importorskip("torch")
 
@@ -27,7 +27,7 @@ ROWS = [
 
 
 def test_shared_prefix_scores_equal_full_forward_per_option(tiny_model, tokenizer):
-    from flan_builder.evaluation.scoring import (
+    from flan_builder.lm.scoring import (
         encode_row,
         score_full_sequences,
         score_shared_prefix,
@@ -51,7 +51,7 @@ def test_shared_prefix_scores_equal_full_forward_per_option(tiny_model, tokenize
 
 
 def test_scored_tokens_are_the_continuation_of_the_joint_encoding(tokenizer):
-    from flan_builder.evaluation.scoring import encode_row
+    from flan_builder.lm.scoring import encode_row
 
     row = encode_row(tokenizer, "Answer:", ["yes", "no"], "\n\n")
     for full, scored in zip(row.fulls, row.options, strict=True):

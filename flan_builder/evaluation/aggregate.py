@@ -1,0 +1,58 @@
+"""From per-template records to per-dataset and per-cluster scores, and proxy-tuning's gap closed."""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from typing import Any
+
+from flan_builder.evaluation.metrics import lower_is_better
+
+
+def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per dataset: mean/median/best/worst/std over templates; per cluster: mean over datasets."""
+    per_task: dict[tuple[str, bool, str], list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        per_task[(record["model"], record["options"], record["task"])].append(record)
+    datasets_: list[dict[str, Any]] = []
+    for (model, options, task), group in sorted(per_task.items()):
+        metric = group[0]["metric"]
+        values = [r["scores"][metric] for r in group]
+        best = min if lower_is_better(metric) else max
+        worst = max if lower_is_better(metric) else min
+        entry = {"model": model, "options": options, "task": task, "cluster": group[0]["cluster"],
+                 "metric": metric, "templates": len(values), "mean": statistics.fmean(values),
+                 "median": statistics.median(values), "best": best(values), "worst": worst(values),
+                 "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
+                 "best_template": best(group, key=lambda r: r["scores"][metric])["template"]}
+        if metric == "acc":
+            entry["acc_norm_mean"] = statistics.fmean(r["scores"]["acc_norm"] for r in group)
+        datasets_.append(entry)
+    clusters: dict[tuple[str, bool, str], list[float]] = defaultdict(list)
+    for entry in datasets_:
+        if not lower_is_better(entry["metric"]):  # an error (RMSE) cannot be averaged with scores
+            clusters[(entry["model"], entry["options"], entry["cluster"])].append(entry["mean"])
+    return {"datasets": datasets_,
+            "clusters": [{"model": m, "options": o, "cluster": c, "mean": statistics.fmean(v),
+                          "datasets": len(v)} for (m, o, c), v in sorted(clusters.items())]}
+
+
+def gap_closed(summary: dict[str, Any], proxies: dict[str, str], direct: str) -> list[dict[str, Any]]:
+    """% of the base-to-direct gap a proxy-tuned model closes: (proxy - base) / (direct - base).
+
+    Per dataset and per cluster, as Liu et al. (2024) report it. ``proxies`` maps each proxy
+    model to its base. A gap of zero (direct tuning did not move the score) gives None.
+    """
+    lines = []
+    for level, key in (("dataset", "task"), ("cluster", "cluster")):
+        entries = summary["datasets" if level == "dataset" else "clusters"]
+        score = {(e["model"], e["options"], e[key]): e["mean"] for e in entries}
+        for proxy, base in proxies.items():
+            for (model, options, name), value in sorted(score.items()):
+                if model != proxy or not {(base, options, name), (direct, options, name)} <= score.keys():
+                    continue
+                b, d = score[(base, options, name)], score[(direct, options, name)]
+                lines.append({"level": level, "name": name, "options": options, "proxy": proxy, "base": base,
+                              "direct": direct, "base_score": b, "proxy_score": value, "direct_score": d,
+                              "gap_closed_pct": None if d == b else 100 * (value - b) / (d - b)})
+    return lines

@@ -1,0 +1,7 @@
+"""Language models behind one interface (``LM.loglikelihood`` / ``LM.generate``).
+
+``base`` holds the interface and request types (no torch); ``hf`` a transformers model with
+an optional PEFT adapter; ``proxy`` a proxy-tuned triple; ``scoring`` the rank-scoring
+internals (shared-prefix cache, full-sequence reference); ``load`` turns a model spec into
+a loaded backend.
+"""

@@ -1,0 +1,64 @@
+"""The one language-model interface: everything that scores or generates text calls this.
+
+In the spirit of lm-evaluation-harness's ``LM`` class: a model answers two kinds of request,
+``loglikelihood`` (how likely is this continuation after this context?) and ``generate``
+(continue this prompt). The evaluator, ``flan lift``, ``flan generate`` and a data-writing
+teacher all call these two methods; how a backend computes them (a transformers model with
+a shared-prefix cache, three models combined by proxy-tuning, an OpenAI-compatible server)
+stays behind them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class LoglikelihoodRequest:
+    """Score ``continuation`` after ``context``; the continuation carries its own separator."""
+
+    context: str
+    continuation: str
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Continue ``prompt``: greedy when ``temperature`` is 0, else sampled (with ``top_p``)."""
+
+    prompt: str
+    max_new_tokens: int = 32
+    stop: tuple[str, ...] = ()  # the answer ends before the first of these
+    temperature: float = 0.0
+    top_p: float = 1.0
+
+    @property
+    def sampling_key(self) -> tuple[Any, ...]:
+        """Requests with the same key can share one batched ``generate`` call."""
+        return self.max_new_tokens, self.stop, self.temperature, self.top_p
+
+
+class LM(ABC):
+    """A language model behind the two requests; ``info`` describes it for reports."""
+
+    def __init__(self, name: str, info: dict[str, Any] | None = None) -> None:
+        self.name = name
+        self.info: dict[str, Any] = {"name": name, **(info or {})}
+
+    @abstractmethod
+    def loglikelihood(self, requests: list[LoglikelihoodRequest]) -> list[float]:
+        """Summed log-probability of each continuation given its context, in request order."""
+
+    @abstractmethod
+    def generate(self, requests: list[GenerationRequest]) -> list[str]:
+        """Each prompt's continuation (stripped, cut at its first stop string), in request order."""
+
+    def close(self) -> None:  # noqa: B027 - optional: most backends hold nothing to free
+        """Free what the model holds (weights, connections); the object is not used afterwards."""
+
+
+def cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
+    """The text before the earliest stop string (generation may run past it by a few tokens)."""
+    ends = [text.find(s) for s in stop if s and s in text]
+    return text[: min(ends)] if ends else text

@@ -1,0 +1,103 @@
+"""``flan generate``: continue prompts with a model, or a proxy-tuned one, in batches."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from flan_builder.cli_args import batch_size, non_negative_float, positive_int
+
+EPILOG = """examples:
+  flan generate --model smollm2-135m --prompt "Translate to French: cheese"
+  flan generate --model BASE --expert runs/heldout-nli --anti smollm2-135m --alpha 0.8 --prompt "..."
+  flan generate --model smollm2-135m --prompts prompts.txt --out answers.jsonl   # one prompt per line
+  flan generate --model smollm2-135m --prompts prompts.jsonl --temperature 0.7 --top-p 0.9 --seed 1
+A .jsonl prompts file holds {"prompt": ...} objects; answers are written in the same order.
+"""
+
+
+def _prompts(args: argparse.Namespace) -> list[str]:
+    from flan_builder.errors import FlanError
+
+    prompts = list(args.prompt or [])
+    if args.prompts:
+        path = Path(args.prompts)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise FlanError(f"--prompts {path} could not be read ({exc}); give a UTF-8 text or .jsonl "
+                            "file") from None
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            if path.suffix == ".jsonl":
+                try:
+                    prompts.append(str(json.loads(line)["prompt"]))
+                except (ValueError, KeyError, TypeError):
+                    raise FlanError(f"{path}:{number}: expected a JSON object with a \"prompt\" "
+                                    "field") from None
+            else:
+                prompts.append(line.replace("\\n", "\n"))
+    if not prompts:
+        raise FlanError("nothing to generate: give --prompt TEXT (repeatable) or --prompts FILE")
+    return prompts
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from flan_builder.atomic import write_text_atomic
+    from flan_builder.errors import FlanError
+    from flan_builder.lm.base import GenerationRequest
+    from flan_builder.lm.load import load_lm, proxy_spec
+    from flan_builder.progress import quiet_library_logs
+
+    prompts = _prompts(args)
+    if args.expert is not None or args.anti is not None:
+        spec = proxy_spec(args.model, args.expert, args.anti, 1.0 if args.alpha is None else args.alpha)
+    elif args.alpha is not None:
+        raise FlanError("--alpha goes with --expert and --anti (proxy-tuning)")
+    else:
+        spec = args.model
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise FlanError(f"--top-p must be in (0, 1], got {args.top_p}")
+    quiet_library_logs()
+    if args.seed is not None:
+        from transformers import set_seed
+
+        set_seed(args.seed)
+    lm = load_lm(spec, args.batch_size)
+    requests = [GenerationRequest(p, args.max_new_tokens, tuple(args.stop or ()), args.temperature,
+                                  args.top_p or 1.0) for p in prompts]
+    answers = lm.generate(requests)
+    if args.out:
+        lines = "".join(json.dumps({"prompt": p, "answer": a, "model": lm.name}) + "\n"
+                        for p, a in zip(prompts, answers, strict=True))
+        write_text_atomic(Path(args.out), lines)
+        print(f"{len(answers)} answers -> {args.out}", file=sys.stderr)
+    else:
+        for prompt, answer in zip(prompts, answers, strict=True):
+            print(answer if len(prompts) == 1 else f"### {prompt}\n{answer}\n")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``flan generate`` to the top-level parser."""
+    parser = sub.add_parser("generate", help="continue prompts with a model (or a proxy-tuned one)",
+                            epilog=EPILOG)
+    parser.add_argument("--model", required=True,
+                        help="alias, .gguf, model dir, Hub id, or a `flan train` run")
+    parser.add_argument("--prompt", action="append", help="a prompt (repeatable)")
+    parser.add_argument("--prompts", help="a file: one prompt per line (\\n for a newline), or .jsonl")
+    parser.add_argument("--out", help="write {prompt, answer} lines to this .jsonl file (atomically)")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=64)
+    parser.add_argument("--temperature", type=non_negative_float, default=0.0, help="0: greedy (default)")
+    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling (with --temperature)")
+    parser.add_argument("--stop", action="append", help="end the answer before this string (repeatable)")
+    parser.add_argument("--seed", type=int, help="sampling seed")
+    parser.add_argument("--batch-size", type=batch_size, default="auto")
+    proxy = parser.add_argument_group("proxy-tuning (token level: one shared tokenizer)")
+    proxy.add_argument("--expert", help="the tuned small model")
+    proxy.add_argument("--anti", help="the expert before tuning")
+    proxy.add_argument("--alpha", type=non_negative_float, default=None, help="default 1.0")
+    parser.set_defaults(func=cmd_generate)

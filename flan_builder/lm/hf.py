@@ -1,0 +1,183 @@
+"""A transformers causal LM (optionally with a PEFT adapter) behind the LM interface.
+
+Names resolve as everywhere else (an alias, a GGUF file, a model folder, a Hub id), and a
+run directory from ``flan train`` loads onto its base model from its ``run.json``: LoRA
+and IA3 are merged into the weights, so scoring runs at the base model's speed;
+virtual-token adapters (prompt / prefix tuning, P-tuning) stay PEFT models.
+
+Scoring: requests that share a context are encoded together the lm-evaluation-harness way
+and scored with one pass over the context (``lm.scoring``). Generation: left-padded
+batches of similar length through ``model.generate``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from flan_builder.errors import FlanError
+from flan_builder.lm.base import LM, GenerationRequest, LoglikelihoodRequest, cut_at_stop
+from flan_builder.models import ModelSource, load_model, load_tokenizer, resolve_model
+
+TOKEN_BUDGET = 8192  # tokens per batch (rows x longest row) for batch_size 'auto'
+
+
+def base_of_run(folder: Path) -> ModelSource | None:
+    """The base model a ``flan train`` run (or a bare PEFT adapter folder) was tuned from."""
+    run = folder / "run.json"
+    if run.is_file():
+        source = json.loads(run.read_text(encoding="utf-8"))["model_source"]
+        return ModelSource(source["name"], source["kind"], source["location"], source.get("gguf_file"))
+    adapter = folder / "adapter_config.json"
+    if adapter.is_file():
+        base = json.loads(adapter.read_text(encoding="utf-8")).get("base_model_name_or_path")
+        if not base:
+            raise FlanError(f"{folder}: adapter_config.json names no base model")
+        return resolve_model(base)
+    return None
+
+
+def check_model(name: str) -> None:
+    """Fail before any work when a model cannot be found (loading comes later, one at a time)."""
+    folder = Path(name)
+    if not (folder.is_dir() and base_of_run(folder) is not None):
+        resolve_model(name)
+
+
+def tokenizer_source(name: str) -> ModelSource:
+    """Where the tokenizer of a model name (or a run directory) comes from."""
+    folder = Path(name)
+    base = base_of_run(folder) if folder.is_dir() else None
+    return base if base is not None and (folder / "adapter_config.json").is_file() else resolve_model(name)
+
+
+def load_for_eval(name: str) -> tuple[Any, Any, dict[str, Any]]:
+    """(model in eval mode, tokenizer, description) for a model name or a run directory."""
+    import torch
+
+    folder = Path(name)
+    base = base_of_run(folder) if folder.is_dir() else None
+    info: dict[str, Any] = {"name": name}
+    if base is None:
+        source = resolve_model(name)
+        model, tokenizer = load_model(source, dtype=torch.float32), load_tokenizer(source)
+        info.update(kind=source.kind, source=source.describe(), method=None)
+    elif (folder / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        model = load_model(base, dtype=torch.float32)
+        tokenizer = load_tokenizer(base)
+        try:
+            model = PeftModel.from_pretrained(model, str(folder))
+        except Exception as exc:  # noqa: BLE001 - any load failure is the user's input
+            raise FlanError(f"could not load the adapter in {folder} onto {base.name}: "
+                            f"{str(exc).splitlines()[0]}") from None
+        method = model.peft_config["default"].peft_type.value.lower()
+        if not model.peft_config["default"].is_prompt_learning:
+            model = model.merge_and_unload()  # same outputs, base-model speed
+        info.update(kind="adapter", source=f"{folder} on {base.describe()}", method=method)
+    else:  # a full fine-tune: a whole model directory
+        source = resolve_model(str(folder))
+        model, tokenizer = load_model(source, dtype=torch.float32), load_tokenizer(source)
+        info.update(kind="run", source=str(folder), method="full")
+    model.eval()
+    return model, tokenizer, info
+
+
+def batches(items: list[Any], size: int | str, length: Callable[[Any], int]) -> list[list[Any]]:
+    """Sort by length (longest first: an out-of-memory shows at once) and cut into batches."""
+    ordered = sorted(items, key=length, reverse=True)
+    if size != "auto":
+        return [ordered[i: i + int(size)] for i in range(0, len(ordered), int(size))]
+    out, current = [], []
+    for item in ordered:
+        if current and (len(current) + 1) * length(current[0]) > TOKEN_BUDGET:
+            out.append(current)
+            current = []
+        current.append(item)
+    return out + ([current] if current else [])
+
+
+class HFLM(LM):
+    """A loaded transformers model and its tokenizer."""
+
+    def __init__(self, model: Any, tokenizer: Any, name: str, info: dict[str, Any] | None = None,
+                 batch_size: int | str = "auto") -> None:
+        super().__init__(name, info)
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+
+    @classmethod
+    def load(cls, name: str, batch_size: int | str = "auto") -> HFLM:
+        """Load a model name or a ``flan train`` run directory for scoring and generation."""
+        model, tokenizer, info = load_for_eval(name)
+        return cls(model, tokenizer, name, info, batch_size)
+
+    # -- scoring ------------------------------------------------------------------------------
+
+    def encode(self, requests: list[LoglikelihoodRequest]) -> tuple[list[Any], list[tuple[int, int]]]:
+        """Requests grouped by context into encoded rows, and where each request landed (row, option)."""
+        from flan_builder.lm.scoring import encode_row
+
+        groups: dict[str, list[int]] = {}
+        for i, request in enumerate(requests):
+            groups.setdefault(request.context, []).append(i)
+        rows, where = [], [(0, 0)] * len(requests)
+        for context, members in groups.items():
+            for k, i in enumerate(members):
+                where[i] = (len(rows), k)
+            rows.append(encode_row(self.tokenizer, context, [requests[i].continuation for i in members], ""))
+        return rows, where
+
+    def row_batches(self, rows: list[Any]) -> list[list[int]]:
+        """Indices of encoded rows, batched by prompt length."""
+        return batches(list(range(len(rows))), self.batch_size, lambda i: len(rows[i].prompt))
+
+    def loglikelihood(self, requests: list[LoglikelihoodRequest]) -> list[float]:
+        from flan_builder.lm.scoring import score_rows
+
+        rows, where = self.encode(requests)
+        scores: list[list[float]] = [[] for _ in rows]
+        for batch in self.row_batches(rows):
+            for i, row_scores in zip(batch, score_rows(self.model, [rows[i] for i in batch],
+                                                       self.tokenizer.pad_token_id), strict=True):
+                scores[i] = row_scores
+        return [scores[r][k] for r, k in where]
+
+    # -- generation ---------------------------------------------------------------------------
+
+    def generate(self, requests: list[GenerationRequest],
+                 processors: Callable[[Any], list[Any]] | None = None) -> list[str]:
+        """Continuations in request order; ``processors(inputs)`` adds logits processors per batch."""
+        import torch
+
+        answers: dict[int, str] = {}
+        self.tokenizer.padding_side = "left"
+        by_setting: dict[tuple[Any, ...], list[int]] = {}
+        for i, request in enumerate(requests):
+            by_setting.setdefault(request.sampling_key, []).append(i)
+        for members in by_setting.values():
+            first = requests[members[0]]
+            sample = first.temperature > 0
+            settings: dict[str, Any] = {"max_new_tokens": first.max_new_tokens, "do_sample": sample,
+                                        "pad_token_id": self.tokenizer.pad_token_id}
+            if sample:
+                settings.update(temperature=first.temperature, top_p=first.top_p, top_k=None)
+            if first.stop:
+                settings.update(stop_strings=list(first.stop), tokenizer=self.tokenizer)
+            for batch in batches(members, self.batch_size, lambda i: len(requests[i].prompt)):
+                inputs = self.tokenizer([requests[i].prompt for i in batch], return_tensors="pt",
+                                        padding=True).to(self.model.device)
+                if processors is not None:
+                    settings["logits_processor"] = processors(inputs)
+                with torch.no_grad():
+                    out = self.model.generate(**inputs, **settings)
+                texts = self.tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:],
+                                                    skip_special_tokens=True)
+                for i, text in zip(batch, texts, strict=True):
+                    answers[i] = cut_at_stop(text, first.stop).strip()
+        return [answers[i] for i in range(len(requests))]
+
+    def close(self) -> None:
+        del self.model

@@ -1,0 +1,52 @@
+"""Model specs (a name, or a proxy-tuned triple) -> a loaded LM, one backend per kind."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flan_builder.errors import FlanError
+from flan_builder.lm.base import LM
+
+ModelSpec = Any  # a model name (str) or a ProxySpec
+
+
+def proxy_spec(base: str, expert: str | None, anti: str | None, alpha: Any = 1.0,
+               level: str = "token") -> Any:
+    """A checked ProxySpec from flags or a suite entry; expert and anti come together."""
+    from flan_builder.lm.proxy import ProxySpec
+
+    if (expert is None) != (anti is None):
+        given, missing = ("--expert", "--anti") if anti is None else ("--anti", "--expert")
+        raise FlanError(f"proxy-tuning needs both the tuned expert and its untuned twin: {given} was "
+                        f"given without {missing}")
+    try:
+        value = float(alpha)
+    except (TypeError, ValueError):
+        raise FlanError(f"proxy-tuning alpha must be a number >= 0, got {alpha!r}") from None
+    spec = ProxySpec(base=str(base), expert=str(expert), anti=str(anti), alpha=value, level=level)
+    spec.check()
+    return spec
+
+
+def spec_name(spec: ModelSpec) -> str:
+    """The key a model's results are stored under."""
+    return spec if isinstance(spec, str) else spec.name
+
+
+def check_spec(spec: ModelSpec) -> None:
+    """Fail before any work when a model cannot be found."""
+    from flan_builder.lm.hf import check_model
+
+    for name in [spec] if isinstance(spec, str) else [spec.base, spec.expert, spec.anti]:
+        check_model(name)
+
+
+def load_lm(spec: ModelSpec, batch_size: int | str = "auto") -> LM:
+    """Load the backend a spec names (a transformers model, or a proxy-tuned triple)."""
+    if isinstance(spec, str):
+        from flan_builder.lm.hf import HFLM
+
+        return HFLM.load(spec, batch_size)
+    from flan_builder.lm.proxy import ProxyLM
+
+    return ProxyLM.load(spec, batch_size)
