@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 from pathlib import Path
 
 from flan_builder import __version__
@@ -26,11 +27,14 @@ EPILOG_BUILD = """examples:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that exits with code 2 and one line (it already does) and shows examples."""
+    """argparse with examples in ``--help`` and bad arguments as one line with exit code 2."""
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
         super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:

@@ -47,6 +47,9 @@ def config_from_args(args: argparse.Namespace):  # -> EvalConfig
         if not settings.get(key):
             raise FlanError(f"{flag} is required (or a suite file that sets {key}:)")
     models = settings["models"]
+    direct = settings.get("direct")
+    if direct and direct not in models:  # report order: base, directly tuned, proxy-tuned, expert alone
+        models.append(direct)
     if args.expert is not None or args.anti is not None:
         if not isinstance(models[0], str):
             raise FlanError("--expert / --anti steer the first --model, which must be a plain model")
@@ -55,9 +58,6 @@ def config_from_args(args: argparse.Namespace):  # -> EvalConfig
         models += [proxy, *([] if args.expert in models else [args.expert])]
     elif args.alpha is not None or args.proxy_level != "token":
         raise FlanError("--alpha and --proxy-level go with --expert and --anti (proxy-tuning)")
-    direct = settings.get("direct")
-    if direct and direct not in models:
-        models.insert(1, direct)
     return EvalConfig(**settings, overwrite=args.overwrite)
 
 

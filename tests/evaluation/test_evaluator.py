@@ -183,3 +183,62 @@ def test_tabular_regression_is_scored_by_rmse_and_kept_out_of_the_cluster_mean(t
     assert (diabetes["best"], diabetes["worst"], diabetes["best_template"]) == (60.0, 80.0, "t1")
     assert summary["clusters"] == [{"model": "m", "options": True, "cluster": "tabular", "mean": 60.0,
                                     "datasets": 1}]  # iris alone: RMSE is not averaged with accuracy
+
+
+def test_every_shipped_suite_replays_its_training_recipe():
+    """eval/<name>.yaml evaluates what train/<name>.yaml builds and trains, beside the untuned base."""
+    import yaml
+
+    from flan_builder.evaluation.suite import load_suite
+
+    suites = sorted((REPO / "eval").glob("*.yaml"))
+    assert len(suites) == len(list((REPO / "train").glob("heldout-*.yaml"))) == 11
+    for path in suites:
+        suite = load_suite(path)
+        recipe = yaml.safe_load((REPO / "train" / path.name).read_text(encoding="utf-8"))
+        assert str(suite["data"]) == recipe["dataset"]["path"]
+        assert suite["models"] == [recipe["model"], recipe["output"]]
+
+
+def test_a_suite_runs_and_flags_override_it(tmp_path, tiny_model_dir, toy_build):
+    from flan_builder.cli import main
+
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(f"data: {toy_build}\nout: {tmp_path / 'from-suite'}\nmodels: [{tiny_model_dir}]\n"
+                     "limit: 2\ntemplates: 1\noptions: both\n", encoding="utf-8")
+    assert main(["eval", str(suite), "--limit", "3", "--out", str(tmp_path / "flags")]) == 0
+    results = json.loads((tmp_path / "flags" / "results.json").read_text())
+    assert not (tmp_path / "from-suite").exists()
+    assert {r["scores"]["n"] for r in results["records"]} == {3}  # --limit won over limit: 2
+    assert {r["options"] for r in results["records"]} == {True, False}  # the suite's options: both
+    assert results["suite"] == str(suite)
+    suite.write_text("models: [x]\nshots: 2\n", encoding="utf-8")
+    bad = _cli([str(suite), "--data", str(toy_build), "--out", str(tmp_path / "r")])
+    assert bad.returncode == 2 and "only zero-shot" in bad.stderr
+    suite.write_text("modles: [x]\n", encoding="utf-8")
+    bad = _cli([str(suite)])
+    assert bad.returncode == 2 and "unknown key(s) modles" in bad.stderr
+
+
+def test_proxy_tuned_rows_and_gap_closed_in_the_report(tmp_path, tiny_model_dir, tuned_run, toy_build):
+    """Steering the untuned base by (tuned - untuned) at alpha 1 is the tuned model: 100% of the gap."""
+    from flan_builder.cli import main
+
+    out = tmp_path / "proxy"
+    assert main(["eval", "--model", str(tiny_model_dir), "--expert", str(tuned_run), "--anti",
+                 str(tiny_model_dir), "--direct", str(tuned_run), "--data", str(toy_build), "--out", str(out),
+                 "--limit", "6", "--templates", "2"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    names = [m["name"] for m in results["models"]]
+    assert names[0] == str(tiny_model_dir) and names[1] == str(tuned_run) and names[2].startswith("proxy[")
+    proxy, direct = names[2], str(tuned_run)
+    by = {(d["model"], d["task"]): d["mean"] for d in results["datasets"]}
+    for (model, task), mean in by.items():
+        if model == proxy:
+            assert mean == pytest.approx(by[(direct, task)], abs=1e-9)
+    gaps = results["gap_closed"]
+    assert {g["level"] for g in gaps} == {"dataset", "cluster"}
+    for g in gaps:
+        assert g["gap_closed_pct"] is None if g["direct_score"] == g["base_score"] else \
+            g["gap_closed_pct"] == pytest.approx(100.0)
+    assert "% gap closed" in (out / "report.md").read_text()
