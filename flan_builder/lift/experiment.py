@@ -28,6 +28,7 @@ import yaml
 from flan_builder.errors import FlanError
 from flan_builder.specs import FEATURE_NAME_MODES, Registry, TaskSpec, load_registry, load_spec
 from flan_builder.templating import DEFAULT_SEPARATOR
+from flan_builder.workdir import ResultsLog, partial_dir
 
 LIFT_RECIPE = Path(__file__).resolve().parent.parent.parent / "train" / "lift.yaml"
 REGRESSION_MAX_NEW_TOKENS = 12
@@ -185,12 +186,6 @@ def evaluate_rows(lm: Any, spec: TaskSpec, rendered: dict[str, list[dict[str, An
 
 # -- the whole run -------------------------------------------------------------------------------
 
-def _log(path: Path, record: dict[str, Any], records: list[dict[str, Any]]) -> None:
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
-    records.append(record)
-
-
 def run_lift(config: LiftConfig) -> dict[str, Any]:
     """Every (mode, seed): build, train, evaluate, baselines; then one atomic report."""
     from flan_builder.atomic import atomic_directory, check_output_free
@@ -210,7 +205,7 @@ def run_lift(config: LiftConfig) -> dict[str, Any]:
     if config.templates is not None and config.templates < 1:
         raise FlanError(f"--templates must be at least 1 (got {config.templates})")
     check_output_free(config.out, config.overwrite or config.extend)
-    work = config.out.parent / f".{config.out.name}.partial"
+    work = partial_dir(config.out)
     fresh = not work.exists()
     work.mkdir(parents=True, exist_ok=True)
     try:
@@ -226,18 +221,17 @@ def run_lift(config: LiftConfig) -> dict[str, Any]:
         if fresh:  # nothing was done: leave nothing behind
             shutil.rmtree(work, ignore_errors=True)
         raise
-    log_path = work / "results.jsonl"
-    records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()] \
-        if log_path.is_file() else []
+    log = ResultsLog(work)
+    records = log.records
     done = {_key(r) for r in records}
     print(f"lift {spec.name}: {len(table.rows)} rows, {len(table.feature_names)} features, {table.kind}; "
           f"names {', '.join(config.names)}; seeds {', '.join(map(str, config.seeds))}", file=sys.stderr)
 
     for seed, (train_idx, test_idx) in splits.items():
         if ("baselines", None, seed) not in done:
-            _log(log_path, {"method": "baselines", "names": None, "seed": seed,
-                            "scores": fit_baselines(table, train_idx, test_idx, seed),
-                            "train_rows": len(train_idx), "test_rows": len(test_idx)}, records)
+            log.append({"method": "baselines", "names": None, "seed": seed,
+                        "scores": fit_baselines(table, train_idx, test_idx, seed),
+                        "train_rows": len(train_idx), "test_rows": len(test_idx)})
     for mode in config.names:
         for seed in config.seeds:
             variant = _variant(spec, mode, seed, config.digits)
@@ -266,9 +260,9 @@ def run_lift(config: LiftConfig) -> dict[str, Any]:
                 e0 = time.perf_counter()
                 per_template = evaluate_rows(lm, variant, rendered, config, mean)
                 lm.close()
-                _log(log_path, {"method": method, "names": mode, "seed": seed, "per_template": per_template,
-                                **run_info, "eval_seconds": round(time.perf_counter() - e0, 1),
-                                "seconds": round(time.perf_counter() - t0, 1)}, records)
+                log.append({"method": method, "names": mode, "seed": seed, "per_template": per_template,
+                            **run_info, "eval_seconds": round(time.perf_counter() - e0, 1),
+                            "seconds": round(time.perf_counter() - t0, 1)})
                 print(f"  {method} names={mode} seed={seed}: {_summary(per_template)} "
                       f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
 
@@ -330,13 +324,11 @@ def _adopt_report(config: LiftConfig, spec: TaskSpec, work: Path) -> tuple[list[
                             f"{value!r}; scores from different settings cannot share a table. Use the "
                             "same settings or another --out")
     # Merge rather than copy: an interrupted extension may already hold some of them.
-    log_path = work / "results.jsonl"
-    logged = {_key(json.loads(line)) for line in log_path.read_text(encoding="utf-8").splitlines()
-              if line.strip()} if log_path.is_file() else set()
-    with log_path.open("a", encoding="utf-8") as log:
-        for record in old["records"]:
-            if _key(record) not in logged:
-                log.write(json.dumps(record) + "\n")
+    log = ResultsLog(work)
+    logged = {_key(record) for record in log.records}
+    for record in old["records"]:
+        if _key(record) not in logged:
+            log.append(record)
     for run in sorted((config.out / "runs").glob("*")) if (config.out / "runs").is_dir() else []:
         if not (work / "runs" / run.name).exists():
             shutil.copytree(run, work / "runs" / run.name)

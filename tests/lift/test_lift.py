@@ -67,7 +67,7 @@ def test_every_table_renders_with_ten_templates(registry):
     tabular = registry.in_cluster("tabular")
     assert sorted(s.name for s in tabular) == ["breast_cancer", "diabetes", "digits", "iris", "wine"]
     for spec in tabular:
-        assert spec.opt_in and len(spec.templates) >= 10
+        assert registry.is_opt_in(spec) and len(spec.templates) >= 10
         rows = load_split(spec, "eval", None)
         renderer = TaskRenderer(spec)
         examples = renderer.render_all(rows.all()[0], list(range(len(spec.templates))))
@@ -136,6 +136,26 @@ def test_regression_scores_by_hand():
     scores = regression_scores([1.0, 3.0], [2.0, 5.0], train_mean=2.0)
     assert scores["rmse"] == pytest.approx(((1 + 4) / 2) ** 0.5)
     assert scores["rae"] == pytest.approx((1 + 2) / (1 + 1))
+    assert scores["mae"] == pytest.approx((1 + 2) / 2)
+
+
+def test_one_rule_for_unparsable_answers():
+    """Counted, and scored as the given constant guess (flan lift: the training mean)."""
+    from flan_builder.evaluation.numbers import score_numbers
+
+    scores = score_numbers([10.0, 20.0], ["about 12", "no idea"], fallback=14.0)
+    assert scores["unparsable"] == 1
+    assert scores["mae"] == pytest.approx((2 + 6) / 2)
+    assert scores["rae"] == pytest.approx((2 + 6) / (4 + 6))  # against always guessing 14
+    # without a fallback: the references' mean (flan eval's metric module)
+    assert score_numbers([10.0, 20.0], ["x", "20"])["mae"] == pytest.approx(5 / 2)
+
+
+def test_the_old_task_flag_names_its_new_name(capsys):
+    from flan_builder.cli import main
+
+    code = main(["lift", "--csv", "x.csv", "--target", "y", "--task", "regression", "--out", "/tmp/never"])
+    assert_one_line_error(code, capsys.readouterr().err, "--task was renamed --kind", "--kind regression")
 
 
 @pytest.mark.parametrize(("text", "value"), [
@@ -143,7 +163,7 @@ def test_regression_scores_by_hand():
     ("setosa", None), ("", None),
 ])
 def test_parse_number(text, value):
-    from flan_builder.lift.experiment import parse_number
+    from flan_builder.evaluation.numbers import parse_number
 
     assert parse_number(text) == value
 
@@ -184,7 +204,7 @@ def test_csv_table_kinds_and_classes(tmp_path):
 @pytest.mark.parametrize(("content", "args", "parts"), [
     ("width,size\n1,big\n2,small\n", ["--target", "price"],
      ["no target column 'price'", "columns: width, size"]),
-    ("width,size\n1,big\n2,small\n3,big\n4,small\n5,big\n6,small\n", ["--target", "size", "--task",
+    ("width,size\n1,big\n2,small\n3,big\n4,small\n5,big\n6,small\n", ["--target", "size", "--kind",
                                                                       "regression"],
      ["'big'", "not a number", "regression needs numeric targets"]),
     ("width,size\n" + "".join(f"{i},big\n{i},small\n" for i in range(5)) + "9,tiny\n",
@@ -272,7 +292,7 @@ def test_lift_csv_classification_end_to_end(tmp_path, capsys, tiny_model_dir):
 def test_lift_regression_counts_unparsable_answers(tmp_path, capsys, tiny_model_dir):
     path = _write_csv(tmp_path / "shop.csv")
     out = tmp_path / "price"
-    code = main(["lift", "--csv", str(path), "--target", "price", "--task", "regression",
+    code = main(["lift", "--csv", str(path), "--target", "price", "--kind", "regression",
                  "--model", str(tiny_model_dir), "--seeds", "0", "--no-base",
                  "--out", str(out), *QUICK])
     assert code == 0, capsys.readouterr().err

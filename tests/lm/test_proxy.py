@@ -160,7 +160,8 @@ def other_tokenizer_model(tmp_path_factory, tokenizer):
     return _model_dir(root, other, 6)
 
 
-def test_token_level_refuses_different_tokenizers_and_sequence_level_accepts_them(trio, other_tokenizer_model):
+def test_token_level_refuses_different_tokenizers_and_sequence_level_accepts_them(trio,
+                                                                                  other_tokenizer_model):
     from flan_builder.errors import FlanError
 
     with pytest.raises(FlanError, match="needs one tokenizer.*vocabularies differ.*--proxy-level sequence"):
