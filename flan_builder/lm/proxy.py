@@ -24,11 +24,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import LogitsProcessor
+from transformers import DynamicCache, LogitsProcessor
 
 from flan_builder.errors import FlanError
 from flan_builder.lm.base import LM, GenerationRequest, LoglikelihoodRequest
 from flan_builder.lm.hf import HFLM
+from flan_builder.lm.scoring import cache_keyword
 
 LEVELS = ("token", "sequence")
 
@@ -144,9 +145,11 @@ class ProxyLogitsProcessor(LogitsProcessor):
         logits = []
         for i, model in enumerate(self.models):
             device = model.device
+            if self.caches[i] is None:
+                self.caches[i] = DynamicCache(config=model.config)  # filled in place by each pass
             out = model(input_ids=input_ids[:, start:].to(device), attention_mask=mask.to(device),
-                        position_ids=positions.to(device), past_key_values=self.caches[i], use_cache=True)
-            self.caches[i] = out.past_key_values
+                        position_ids=positions.to(device), use_cache=True,
+                        **{cache_keyword(model): self.caches[i]})
             logits.append(out.logits[:, -1, : self.width].float().to(scores.device))
         self.seen = input_ids.clone()
         combined = scores.clone()

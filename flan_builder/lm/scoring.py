@@ -52,6 +52,14 @@ def _backbone_and_head(model: Any) -> tuple[Any, Any]:
         model.get_output_embeddings()
 
 
+def cache_keyword(model: Any) -> str:
+    """The ``forward`` argument that takes a key/value cache: ``cache`` from transformers 5.x on
+    (``past_key_values`` there is deprecated, removed in 5.40), ``past_key_values`` before."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+
+
 def _pad(seqs: list[list[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), value, dtype=torch.long)
@@ -102,21 +110,21 @@ def logits_shared_prefix(model: Any, rows: list[Encoded], pad_id: int) -> Scored
     prompts = [r.prompt for r in rows]
     prompt_ids, prompt_mask = _pad(prompts, pad_id)
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
-    cache = DynamicCache(config=model.config)
-    out = backbone(input_ids=prompt_ids, attention_mask=prompt_mask, past_key_values=cache, use_cache=True)
+    cache = DynamicCache(config=model.config)  # filled in place by the forward pass
+    keyword = cache_keyword(backbone)
+    out = backbone(input_ids=prompt_ids, attention_mask=prompt_mask, use_cache=True, **{keyword: cache})
     lengths = torch.tensor([len(p) for p in prompts], device=device)
     last_hidden = out.last_hidden_state[torch.arange(len(rows), device=device), lengths - 1]
 
     owner, options, offsets = _layout(rows)
     index = torch.tensor(owner, device=device)
-    cache = out.past_key_values
     cache.reorder_cache(index)  # one copy of the prompt's keys/values per option
     option_ids, option_mask = _pad(options, pad_id)
     option_ids, option_mask = option_ids.to(device), option_mask.to(device)
     positions = lengths[index].unsqueeze(1) + torch.arange(option_ids.shape[1], device=device)
     attention = torch.cat([prompt_mask[index], option_mask], dim=1)
     hidden = backbone(input_ids=option_ids, attention_mask=attention, position_ids=positions,
-                      past_key_values=cache, use_cache=True).last_hidden_state
+                      use_cache=True, **{keyword: cache}).last_hidden_state
 
     # Token j of an option is predicted by the hidden state before it: the prompt's last
     # position for j = 0, the option's position j - 1 after that. Only these go through the head.
