@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from flan_builder.cli_args import batch_size, comma_list, int_list
+from flan_builder.cli_args import batch_size, comma_list, int_list, non_negative_float
 
 EPILOG = """examples:
   flan lift --dataset iris --out reports/lift-iris            # train + evaluate + baselines
@@ -16,6 +16,7 @@ EPILOG = """examples:
 Bundled tables (scikit-learn, offline): iris, wine, breast_cancer, digits (classification),
 diabetes (regression). A run resumes where it stopped when started again with the same --out.
   flan lift --dataset wine --seeds 0,1,2 --extend --out reports/lift-wine   # add seeds 1, 2 to a report
+  flan lift --dataset iris --proxy-base BIGGER-MODEL --alpha 1.0 --out reports/iris-proxy   # proxy-tuning
 """
 
 
@@ -35,7 +36,8 @@ def cmd_lift(args: argparse.Namespace) -> int:
         target=args.target, kind=args.kind, model=args.model, names=args.names, seeds=args.seeds,
         recipe=Path(args.recipe), overrides=list(args.set or []), templates=args.templates,
         with_options=not args.no_options, base=not args.no_base, batch_size=args.batch_size,
-        digits=args.digits, overwrite=args.overwrite, extend=args.extend,
+        digits=args.digits, overwrite=args.overwrite, extend=args.extend, proxy_base=args.proxy_base,
+        alpha=args.alpha, proxy_level=args.proxy_level,
     ))
     print(table(results))
     return 0
@@ -70,6 +72,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-base", action="store_true", help="skip the untuned model's zero-shot rows")
     parser.add_argument("--batch-size", type=batch_size, default="auto", help="'auto' or rows per batch")
     parser.add_argument("--digits", type=int, default=4, help="significant digits of numbers in text")
+    proxy = parser.add_argument_group("proxy-tuning: each seed's LoRA run steers a larger untuned model")
+    proxy.add_argument("--proxy-base", metavar="MODEL",
+                       help="also score MODEL untuned and MODEL + alpha x (LoRA run - --model) on the "
+                            "test rows")
+    proxy.add_argument("--alpha", type=non_negative_float, default=1.0, help="default 1.0 (the paper)")
+    proxy.add_argument("--proxy-level", choices=("token", "sequence"), default="token",
+                       help="token: shared tokenizer (the paper); sequence: any tokenizer, "
+                            "classification only")
     replace = parser.add_mutually_exclusive_group()
     replace.add_argument("--overwrite", action="store_true", help="replace an existing report directory")
     replace.add_argument("--extend", action="store_true",

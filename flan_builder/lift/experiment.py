@@ -57,6 +57,11 @@ class LiftConfig:
     # Add to a finished report at ``out``: keep its runs and scores, train only the (mode, seed)
     # pairs it lacks, and rewrite it covering both (the settings must match).
     extend: bool = False
+    # Proxy-tuning: also score ``proxy_base`` (untuned) and proxy_base + alpha x (tuned - untuned
+    # ``model``) on the same test rows, the tuned model being each seed's LoRA run.
+    proxy_base: str | None = None
+    alpha: float = 1.0
+    proxy_level: str = "token"
 
 
 # -- the task ------------------------------------------------------------------------------------
@@ -191,7 +196,7 @@ def run_lift(config: LiftConfig) -> dict[str, Any]:
     from flan_builder.atomic import atomic_directory, check_output_free
     from flan_builder.lift.baselines import fit_baselines
     from flan_builder.lift.report import write_report
-    from flan_builder.lm.hf import HFLM
+    from flan_builder.lm.load import load_lm, proxy_spec
     from flan_builder.sources.tables import load_table, split_indices
 
     started = time.perf_counter()
@@ -239,7 +244,9 @@ def run_lift(config: LiftConfig) -> dict[str, Any]:
             train_idx = splits[seed][0]
             mean = sum(table.target[i] for i in train_idx) / len(train_idx) \
                 if spec.type != "classification" else None
-            for method in ["lift", "base"] if config.base else ["lift"]:
+            methods = ["lift", *(["base"] if config.base else []),
+                       *(["proxy", "proxy_base"] if config.proxy_base else [])]
+            for method in methods:
                 if (method, mode, seed) in done:
                     continue
                 t0 = time.perf_counter()
@@ -254,9 +261,14 @@ def run_lift(config: LiftConfig) -> dict[str, Any]:
                                 "train_seconds": manifest.get("wall_time_s"),
                                 "final_loss": manifest["final_loss"], "run": str(run_dir)}
                     model_name = str(run_dir)
+                elif method == "proxy":  # the LoRA run of this (mode, seed) steers the larger base
+                    model_name = proxy_spec(config.proxy_base, str(work / "runs" / f"{mode}-seed{seed}"),
+                                            config.model, config.alpha, config.proxy_level)
+                elif method == "proxy_base":
+                    model_name = config.proxy_base
                 else:
                     model_name = config.model
-                lm = HFLM.load(model_name, config.batch_size)
+                lm = load_lm(model_name, config.batch_size)
                 e0 = time.perf_counter()
                 per_template = evaluate_rows(lm, variant, rendered, config, mean)
                 lm.close()
@@ -297,7 +309,9 @@ def _settings(config: LiftConfig, spec: TaskSpec) -> dict[str, Any]:
     return {"task": spec.name, "model": config.model, "recipe": _shown_path(config.recipe),
             "overrides": config.overrides, "with_options": config.with_options,
             "templates": [t.id for t in spec.templates if not t.inverted][:config.templates],
-            "digits": config.digits}
+            "digits": config.digits,
+            **({"proxy_base": config.proxy_base, "alpha": config.alpha, "proxy_level": config.proxy_level}
+               if config.proxy_base else {})}
 
 
 def _adopt_report(config: LiftConfig, spec: TaskSpec, work: Path) -> tuple[list[str], list[int]]:

@@ -14,23 +14,31 @@ PUBLISHED: dict[str, dict[str, float]] = {
 }
 
 
-def _label(line: dict[str, Any], model: str) -> str:
+def method_label(line: dict[str, Any], results: dict[str, Any]) -> str:
+    """What a summary line's method is called in the table and the chart."""
+    model, names = Path(results["model"]).name, line["names"]
+    big = Path(str(results.get("proxy_base"))).name
     if line["method"] == "lift":
-        return f"LIFT: {Path(model).name} + LoRA (names: {line['names']})"
+        return f"LIFT: {model} + LoRA (names: {names})"
     if line["method"] == "base":
-        return f"{Path(model).name} untuned, zero-shot (names: {line['names']})"
+        return f"{model} untuned, zero-shot (names: {names})"
+    if line["method"] == "proxy":
+        alpha = results.get("alpha", 1.0)
+        return f"proxy-tuned: {big} + {alpha:g} x (LoRA {model} - {model}) (names: {names})"
+    if line["method"] == "proxy_base":
+        return f"{big} untuned, zero-shot (names: {names})"
     return line["method"].replace("_", " ")
 
 
-def _cell(stat: dict[str, float], digits: int = 2) -> str:
+def mean_std_cell(stat: dict[str, float], digits: int = 2) -> str:
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
 
 def _row_order(results: dict[str, Any]) -> Any:
     """Sort key for a summary line or record: LIFT, then untuned, then baselines; modes as asked."""
-    order = {"lift": 0, "base": 1}
+    order = {"lift": 0, "base": 1, "proxy": 2, "proxy_base": 3}
     modes = {mode: i for i, mode in enumerate(results["names"])}  # names, generic, shuffled
-    return lambda line: (order.get(line["method"], 2), modes.get(line["names"], -1))
+    return lambda line: (order.get(line["method"], 4), modes.get(line["names"], -1))
 
 
 def table(results: dict[str, Any]) -> str:
@@ -43,13 +51,14 @@ def table(results: dict[str, Any]) -> str:
         header = ["method", "RMSE (mean ± std)", "RAE (mean ± std)", "seeds", "unparsable answers"]
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for line in lines_:
-        cells = [_label(line, results["model"])]
+        cells = [method_label(line, results)]
         if classification:
-            cells += [_cell(line["accuracy"]), str(line["accuracy"]["n"])]
+            cells += [mean_std_cell(line["accuracy"]), str(line["accuracy"]["n"])]
         else:
             unparsable = (f"{int(line['unparsable'])} / {int(line['answers'])}" if "answers" in line
                           else "-")
-            cells += [_cell(line["rmse"]), _cell(line["rae"], 3), str(line["rmse"]["n"]), unparsable]
+            cells += [mean_std_cell(line["rmse"]), mean_std_cell(line["rae"], 3), str(line["rmse"]["n"]),
+                      unparsable]
         out.append("| " + " | ".join(cells) + " |")
     for name, value in PUBLISHED.get(results["task"], {}).items() if classification else []:
         out.append(f"| published: {name} (Dinh et al. 2022; not run here) | {value:.2f} | - |")
@@ -66,7 +75,7 @@ def per_seed_table(results: dict[str, Any]) -> str:
             for name, values in record["scores"].items():
                 scores.setdefault(name.replace("_", " "), {})[record["seed"]] = values[metric]
         else:
-            label = _label(record, results["model"])
+            label = method_label(record, results)
             templates = record["per_template"].values()
             scores.setdefault(label, {})[record["seed"]] = sum(t[metric] for t in templates) / len(templates)
     out = ["| method | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---|" * len(seeds)]
@@ -84,7 +93,7 @@ def _chart(results: dict[str, Any], path: Path) -> None:
 
     metric = "accuracy" if results["task_kind"] == "classification" else "rmse"
     lines_ = results["summary"]
-    labels = [_label(line, results["model"]).replace(" (names", "\n(names") for line in lines_]
+    labels = [method_label(line, results).replace(" (names", "\n(names") for line in lines_]
     means = [line[metric]["mean"] for line in lines_]
     stds = [line[metric]["std"] for line in lines_]
     colours = ["tab:red" if line["method"] == "lift" else "tab:orange" if line["method"] == "base"

@@ -389,3 +389,23 @@ def test_lift_extend_adds_seeds_and_modes_without_retraining(tmp_path, tiny_mode
     assert counts == {"names": 2, "shuffled": 1} and results["names"] == ["names", "shuffled"]
     rows = [line for line in (out / "report.md").read_text().splitlines() if "(names: shuffled)" in line]
     assert rows[0].endswith("| 1 |") and rows[1].split("|")[2].strip() == "-"  # no seed-0 score
+
+
+def test_lift_scores_a_proxy_tuned_larger_base_on_the_same_rows(tmp_path, capsys, tiny_model_dir):
+    """--proxy-base: the big model untuned and steered by each seed's LoRA run; alpha 0 is the big one."""
+    path = _write_csv(tmp_path / "shop.csv")
+    for alpha in ("1.0", "0"):
+        out = tmp_path / f"proxy-{alpha}"
+        code = main(["lift", "--csv", str(path), "--target", "size", "--model", str(tiny_model_dir),
+                     "--seeds", "0", "--no-base", "--proxy-base", str(tiny_model_dir), "--alpha", alpha,
+                     "--out", str(out), *QUICK])
+        assert code == 0, capsys.readouterr().err
+        results = json.loads((out / "results.json").read_text())
+        scores = {r["method"]: r["per_template"] for r in results["records"] if r["method"] != "baselines"}
+        assert set(scores) == {"lift", "proxy", "proxy_base"}
+        if alpha == "1.0":
+            # the big model is the tuned model's own base: base + (tuned - base) is the tuned model
+            assert scores["proxy"]["row_01"] == pytest.approx(scores["lift"]["row_01"])
+        else:
+            assert scores["proxy"] == scores["proxy_base"]
+        assert "proxy-tuned:" in (out / "report.md").read_text()
