@@ -289,14 +289,20 @@ def _generation(path: Path, what: str, value: Any) -> dict[str, Any]:
     return out
 
 
-def load_cluster(path: Path) -> ClusterSpec:
-    """Read and validate one ``_cluster.yaml``."""
+def _read_mapping(path: Path, what: str) -> dict[str, Any]:
+    """A YAML file that must hold a mapping (lines recorded for error messages)."""
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_LineLoader)  # noqa: S506
     except yaml.YAMLError as exc:
         raise _fail(path, None, f"not valid YAML: {exc}") from None
     if not isinstance(data, dict):
-        raise _fail(path, None, "a cluster file must be a YAML mapping")
+        raise _fail(path, None, f"{what} must be a YAML mapping")
+    return data
+
+
+def load_cluster(path: Path) -> ClusterSpec:
+    """Read and validate one ``_cluster.yaml``."""
+    data = _read_mapping(path, "a cluster file")
     _check_keys(path, data, _CLUSTER_KEYS, "cluster file")
     name = data.get("cluster", path.parent.name)
     if name != path.parent.name:
@@ -316,12 +322,7 @@ def load_cluster(path: Path) -> ClusterSpec:
 
 def load_spec(path: Path) -> TaskSpec:
     """Read and validate one task spec file."""
-    try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_LineLoader)  # noqa: S506
-    except yaml.YAMLError as exc:
-        raise _fail(path, None, f"not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise _fail(path, None, "a task spec must be a YAML mapping")
+    data = _read_mapping(path, "a task spec")
     _check_keys(path, data, _SPEC_KEYS, "task spec")
     for key in ("task", "cluster", "type", "source", "fields", "templates"):
         if key not in data:

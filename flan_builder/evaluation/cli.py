@@ -25,7 +25,7 @@ def config_from_args(args: argparse.Namespace):  # -> EvalConfig
     """The suite (if any) with every given flag laid over it."""
     from flan_builder.errors import FlanError
     from flan_builder.evaluation.suite import OPTIONS, EvalConfig, load_suite
-    from flan_builder.lm.load import proxy_spec
+    from flan_builder.lm.load import proxy_from_flags
 
     settings = load_suite(Path(args.suite)) if args.suite else {}
     if args.model:
@@ -50,14 +50,11 @@ def config_from_args(args: argparse.Namespace):  # -> EvalConfig
     direct = settings.get("direct")
     if direct and direct not in models:  # report order: base, directly tuned, proxy-tuned, expert alone
         models.append(direct)
-    if args.expert is not None or args.anti is not None:
-        if not isinstance(models[0], str):
-            raise FlanError("--expert / --anti steer the first --model, which must be a plain model")
-        proxy = proxy_spec(models[0], args.expert, args.anti,
-                           1.0 if args.alpha is None else args.alpha, args.proxy_level)
+    if (args.expert is not None or args.anti is not None) and not isinstance(models[0], str):
+        raise FlanError("--expert / --anti steer the first --model, which must be a plain model")
+    proxy = proxy_from_flags(models[0], args.expert, args.anti, args.alpha, args.proxy_level)
+    if proxy is not None:
         models += [proxy, *([] if args.expert in models else [args.expert])]
-    elif args.alpha is not None or args.proxy_level != "token":
-        raise FlanError("--alpha and --proxy-level go with --expert and --anti (proxy-tuning)")
     return EvalConfig(**settings, overwrite=args.overwrite)
 
 

@@ -47,6 +47,12 @@ def metric(name: str) -> Metric:
     return Metric(name, tuple(data["keys"]), data.get("hub"), frozenset(data.get("lower_is_better") or ()))
 
 
+@cache
+def _error_keys() -> frozenset[str]:
+    shipped = (p.parent.name for p in METRICS_DIR.glob("*/metric.yaml"))
+    return frozenset().union(*(metric(name).lower_is_better for name in shipped))
+
+
 def lower_is_better(key: str) -> bool:
     """Whether a reported key is an error (RMSE): best is lowest, and it is not averaged with scores."""
-    return any(key in metric(p.parent.name).lower_is_better for p in METRICS_DIR.glob("*/metric.yaml"))
+    return key in _error_keys()

@@ -44,8 +44,7 @@ def load_heldout(data: Path, *, tasks: list[str] | None = None, template_filter:
     return chosen, manifest
 
 
-def task_evaluations(manifest: dict[str, Any], tasks: set[str], templates_dir: Path | None = None
-                     ) -> dict[str, dict[str, Any]]:
+def task_evaluations(manifest: dict[str, Any], tasks: set[str]) -> dict[str, dict[str, Any]]:
     """task -> how it is scored: from the build's manifest, else (older builds) from its spec."""
     recorded = manifest.get("evaluation") or {}
     missing = sorted(tasks - set(recorded))
@@ -53,7 +52,7 @@ def task_evaluations(manifest: dict[str, Any], tasks: set[str], templates_dir: P
         return {task: recorded[task] for task in tasks}
     from flan_builder.specs import load_registry
 
-    registry = load_registry(templates_dir)
+    registry = load_registry()
     found = dict(recorded)
     for task in missing:
         found[task] = registry.evaluation(registry.task(task)).to_json()

@@ -24,7 +24,7 @@ metric_from_hub: false
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,6 @@ class EvalConfig:
     shots: int = 0
     direct: str | None = None  # the directly tuned model, for proxy-tuning's % gap closed
     source: str | None = None  # the suite file, when there is one
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
         """Settings that cannot run are one-line errors before any model loads."""

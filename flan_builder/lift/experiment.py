@@ -107,7 +107,7 @@ def task_spec(config: LiftConfig, work: Path) -> TaskSpec:
             raise FlanError(f"--csv {config.csv} needs --target COLUMN (the column to predict)")
         return _file_spec(config, work / "spec")
     if config.target or config.kind:
-        raise FlanError("--target and --task go with --csv; a bundled dataset already has its target")
+        raise FlanError("--target and --kind go with --csv; a bundled dataset already has its target")
     registry = load_registry()
     spec = registry.task(config.dataset)
     if spec.source.tabular is None:
@@ -137,7 +137,6 @@ def _build(spec: TaskSpec, seed: int, out: Path, with_options: bool, templates: 
 def _train(config: LiftConfig, dataset: Path, seed: int, out: Path) -> dict[str, Any]:
     from flan_builder.training.job import RUN_MANIFEST, train
     from flan_builder.training.recipe import load_recipe
-    from flan_builder.workdir import partial_dir
 
     if (out / RUN_MANIFEST).is_file():
         return json.loads((out / RUN_MANIFEST).read_text(encoding="utf-8"))
@@ -244,6 +243,7 @@ def run_lift(config: LiftConfig) -> dict[str, Any]:
             train_idx = splits[seed][0]
             mean = sum(table.target[i] for i in train_idx) / len(train_idx) \
                 if spec.type != "classification" else None
+            run_dir = work / "runs" / f"{mode}-seed{seed}"  # this (mode, seed)'s LoRA run
             methods = ["lift", *(["base"] if config.base else []),
                        *(["proxy", "proxy_base"] if config.proxy_base else [])]
             for method in methods:
@@ -254,7 +254,6 @@ def run_lift(config: LiftConfig) -> dict[str, Any]:
                 if method == "lift":
                     data = _build(variant, seed, work / "data" / f"{mode}-seed{seed}", config.with_options,
                                   config.templates)
-                    run_dir = work / "runs" / f"{mode}-seed{seed}"
                     manifest = _train(config, data, seed, run_dir)
                     run_info = {"train_rows": manifest["dataset"]["rows_trained"],
                                 "steps": manifest["steps"], "tokens": manifest["tokens_seen"],
@@ -262,8 +261,8 @@ def run_lift(config: LiftConfig) -> dict[str, Any]:
                                 "final_loss": manifest["final_loss"], "run": str(run_dir)}
                     model_name = str(run_dir)
                 elif method == "proxy":  # the LoRA run of this (mode, seed) steers the larger base
-                    model_name = proxy_spec(config.proxy_base, str(work / "runs" / f"{mode}-seed{seed}"),
-                                            config.model, config.alpha, config.proxy_level)
+                    model_name = proxy_spec(config.proxy_base, str(run_dir), config.model, config.alpha,
+                                            config.proxy_level)
                 elif method == "proxy_base":
                     model_name = config.proxy_base
                 else:

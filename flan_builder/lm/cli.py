@@ -49,16 +49,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from flan_builder.atomic import write_text_atomic
     from flan_builder.errors import FlanError
     from flan_builder.lm.base import GenerationRequest
-    from flan_builder.lm.load import load_lm, proxy_spec
+    from flan_builder.lm.load import load_lm, proxy_from_flags
     from flan_builder.progress import quiet_library_logs
 
     prompts = _prompts(args)
-    if args.expert is not None or args.anti is not None:
-        spec = proxy_spec(args.model, args.expert, args.anti, 1.0 if args.alpha is None else args.alpha)
-    elif args.alpha is not None:
-        raise FlanError("--alpha goes with --expert and --anti (proxy-tuning)")
-    else:
-        spec = args.model
+    spec = proxy_from_flags(args.model, args.expert, args.anti, args.alpha) or args.model
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise FlanError(f"--top-p must be in (0, 1], got {args.top_p}")
     quiet_library_logs()

@@ -134,16 +134,22 @@ class HFLM(LM):
         """Indices of encoded rows, batched by prompt length."""
         return batches(list(range(len(rows))), self.batch_size, lambda i: len(rows[i].prompt))
 
-    def loglikelihood(self, requests: list[LoglikelihoodRequest]) -> list[float]:
-        from flan_builder.lm.scoring import score_rows
-
+    def score_requests(self, requests: list[LoglikelihoodRequest],
+                       score_batch: Callable[[list[Any]], list[list[float]]]) -> list[float]:
+        """Encode with this model's tokenizer, batch by prompt length, and score each batch of rows
+        with ``score_batch`` (encoded rows -> option scores per row); results in request order."""
         rows, where = self.encode(requests)
         scores: list[list[float]] = [[] for _ in rows]
         for batch in self.row_batches(rows):
-            for i, row_scores in zip(batch, score_rows(self.model, [rows[i] for i in batch],
-                                                       self.tokenizer.pad_token_id), strict=True):
+            for i, row_scores in zip(batch, score_batch([rows[i] for i in batch]), strict=True):
                 scores[i] = row_scores
         return [scores[r][k] for r, k in where]
+
+    def loglikelihood(self, requests: list[LoglikelihoodRequest]) -> list[float]:
+        from flan_builder.lm.scoring import score_rows
+
+        return self.score_requests(requests, lambda rows: score_rows(self.model, rows,
+                                                                     self.tokenizer.pad_token_id))
 
     # -- generation ---------------------------------------------------------------------------
 

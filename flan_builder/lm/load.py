@@ -28,6 +28,17 @@ def proxy_spec(base: str, expert: str | None, anti: str | None, alpha: Any = 1.0
     return spec
 
 
+def proxy_from_flags(base: str, expert: str | None, anti: str | None, alpha: float | None,
+                     level: str = "token") -> Any:
+    """The proxy-tuned model that --expert / --anti / --alpha / --proxy-level ask for, or None."""
+    if expert is None and anti is None:
+        if alpha is not None or level != "token":
+            flag = "--alpha" if alpha is not None else "--proxy-level"
+            raise FlanError(f"{flag} goes with --expert and --anti (proxy-tuning)")
+        return None
+    return proxy_spec(base, expert, anti, 1.0 if alpha is None else alpha, level)
+
+
 def spec_name(spec: ModelSpec) -> str:
     """The key a model's results are stored under."""
     return spec if isinstance(spec, str) else spec.name

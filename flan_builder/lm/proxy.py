@@ -73,14 +73,19 @@ def _vocabulary_difference(a: Any, b: Any) -> str | None:
     return None
 
 
+def require_same_tokenizer(base_name: str, base: Any, other_name: str, other: Any) -> None:
+    """Token-level arithmetic needs one tokenizer; otherwise an error naming both models."""
+    why = _vocabulary_difference(base, other)
+    if why:
+        raise FlanError(f"token-level proxy-tuning needs one tokenizer, but {other_name} and {base_name} "
+                        f"differ: {why}; use --proxy-level sequence to steer a base with another "
+                        "tokenizer when scoring options")
+
+
 def shared_width(base: HFLM, others: list[HFLM]) -> int:
     """Logit columns the models share; only padding rows past the tokenizer may differ."""
     for other in others:
-        why = _vocabulary_difference(base.tokenizer, other.tokenizer)
-        if why:
-            raise FlanError(f"token-level proxy-tuning needs one tokenizer, but {other.name} and "
-                            f"{base.name} differ: {why}; use --proxy-level sequence to steer a base "
-                            "with another tokenizer when scoring options")
+        require_same_tokenizer(base.name, base.tokenizer, other.name, other.tokenizer)
     widths = {m.name: m.model.get_output_embeddings().weight.shape[0] for m in [base, *others]}
     needed = len(base.tokenizer)
     short = [name for name, width in widths.items() if width < needed]
@@ -163,9 +168,7 @@ class ProxyLM(LM):
 
     def __init__(self, spec: ProxySpec, base: HFLM, expert: HFLM, anti: HFLM) -> None:
         super().__init__(spec.name, {"kind": "proxy", "base": base.info, "expert": expert.info,
-                                     "anti": anti.info, "alpha": spec.alpha, "level": spec.level,
-                                     "label": f"proxy (α={spec.alpha:g}"
-                                              f"{', sequence' if spec.level == 'sequence' else ''})"})
+                                     "anti": anti.info, "alpha": spec.alpha, "level": spec.level})
         self.spec, self.base, self.expert, self.anti = spec, base, expert, anti
         if spec.level == "token":
             for part in (expert, anti):
@@ -185,11 +188,7 @@ class ProxyLM(LM):
             tokenizers = {name: load_tokenizer(tokenizer_source(name))
                           for name in (spec.base, spec.expert, spec.anti)}
             for name in (spec.expert, spec.anti):
-                why = _vocabulary_difference(tokenizers[spec.base], tokenizers[name])
-                if why:
-                    raise FlanError(f"token-level proxy-tuning needs one tokenizer, but {name} and "
-                                    f"{spec.base} differ: {why}; use --proxy-level sequence to steer a "
-                                    "base with another tokenizer when scoring options")
+                require_same_tokenizer(spec.base, tokenizers[spec.base], name, tokenizers[name])
         parts = [HFLM.load(name, batch_size) for name in (spec.base, spec.expert, spec.anti)]
         return cls(spec, *parts)
 
@@ -200,19 +199,16 @@ class ProxyLM(LM):
             return [mi + alpha * (ei - ai) for mi, ei, ai in zip(m, e, a, strict=True)]
         from flan_builder.lm.scoring import option_sums, per_row, scored_logits
 
-        rows, where = self.base.encode(requests)
-        pad = self.base.tokenizer.pad_token_id
-        scores: list[list[float]] = [[] for _ in rows]
-        for batch in self.base.row_batches(rows):
-            encoded = [rows[i] for i in batch]
+        pad, w = self.base.tokenizer.pad_token_id, self.width
+
+        def combined_scores(encoded: list[Any]) -> list[list[float]]:
             m = scored_logits(self.base.model, encoded, pad)
             e, a = (scored_logits(part.model, encoded, pad).logits.to(m.logits.device)
                     for part in (self.expert, self.anti))
-            w = self.width
-            combined = m.logits[:, :w] + alpha * (e[:, :w] - a[:, :w])
-            for i, row_scores in zip(batch, per_row(encoded, option_sums(combined, m)), strict=True):
-                scores[i] = row_scores
-        return [scores[r][k] for r, k in where]
+            return per_row(encoded, option_sums(m.logits[:, :w] + alpha * (e[:, :w] - a[:, :w]), m))
+
+        # one tokenizer: the base's encoding and batches serve all three models
+        return self.base.score_requests(requests, combined_scores)
 
     def generate(self, requests: list[GenerationRequest]) -> list[str]:
         if self.spec.level == "sequence":

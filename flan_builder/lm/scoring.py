@@ -186,19 +186,20 @@ def per_row(rows: list[Encoded], flat: list[float]) -> list[list[float]]:
     return out
 
 
+def _summed(rows: list[Encoded], scored: ScoredLogits) -> list[list[float]]:
+    return per_row(rows, option_sums(scored.logits, scored))
+
+
 def score_shared_prefix(model: Any, rows: list[Encoded], pad_id: int) -> list[list[float]]:
     """Summed log-likelihood per option, each prompt run once and its cache shared by its options."""
-    scored = logits_shared_prefix(model, rows, pad_id)
-    return per_row(rows, option_sums(scored.logits, scored))
+    return _summed(rows, logits_shared_prefix(model, rows, pad_id))
 
 
 def score_full_sequences(model: Any, rows: list[Encoded], pad_id: int) -> list[list[float]]:
     """Reference scoring: a full forward pass per (prompt, option) pair, every position projected."""
-    scored = logits_full_sequences(model, rows, pad_id)
-    return per_row(rows, option_sums(scored.logits, scored))
+    return _summed(rows, logits_full_sequences(model, rows, pad_id))
 
 
 def score_rows(model: Any, rows: list[Encoded], pad_id: int) -> list[list[float]]:
     """Score a batch with the fastest exact method the model allows."""
-    scored = scored_logits(model, rows, pad_id)
-    return per_row(rows, option_sums(scored.logits, scored))
+    return _summed(rows, scored_logits(model, rows, pad_id))
