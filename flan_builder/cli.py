@@ -202,12 +202,16 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from flan_builder.models import available_models
+    from flan_builder.models import CACHE_ENV, available_models, model_cache
 
     rows = available_models()
-    width = max(len(name) for name, _, _ in rows)
-    for name, where, ok in rows:
-        print(f"{name.ljust(width)}  {'ok ' if ok else '-- '} {where}")
+    width = max(len(row.name) for row in rows)
+    for row in rows:
+        print(f"{row.name.ljust(width)}  {'ok ' if row.ok else '-- '} {row.where}")
+        if row.about:
+            print(f"{' ' * width}      {row.about}")
+    print(f"\nAliases load from a model folder saved on first use in {model_cache()} "
+          f"(${CACHE_ENV} moves it).")
     print("\nAlso accepted: a .gguf file, a model directory (config.json), or a Hub id owner/name.")
     return 0
 
@@ -311,13 +315,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
-    """Subcommands that live with their own subsystem (training, evaluation, models, LIFT)."""
+    """Subcommands that live with their own subsystem (training, evaluation, models, LIFT, LLM2LLM)."""
     from flan_builder.evaluation.cli import register as register_eval
     from flan_builder.lift.cli import register as register_lift
+    from flan_builder.llm2llm.cli import register as register_llm2llm
     from flan_builder.lm.cli import register as register_generate
     from flan_builder.training.cli import register as register_train
 
-    return [register_train, register_eval, register_generate, register_lift]
+    return [register_train, register_eval, register_generate, register_lift, register_llm2llm]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,16 +12,24 @@ from flan_builder.evaluation.metrics import metric as metric_facts
 from flan_builder.lm.base import LM, GenerationRequest, LoglikelihoodRequest
 
 
-def score_classification(lm: LM, rows: list[dict[str, Any]], separator: str,
-                         use_options: bool) -> dict[str, Any]:
-    """Rank classification: acc (summed log-likelihood) and acc_norm (per character), as lm-eval does."""
+def option_loglikelihoods(lm: LM, rows: list[dict[str, Any]], separator: str,
+                          use_options: bool) -> list[list[float]]:
+    """Each row's summed log-likelihood of each of its options after its prompt."""
     requests = [LoglikelihoodRequest(row["prompt"] if use_options else row["input"], separator + option)
                 for row in rows for option in row["options"]]
     flat = lm.loglikelihood(requests)
-    correct = correct_norm = start = 0
+    out, start = [], 0
     for row in rows:
-        option_scores = flat[start: start + len(row["options"])]
+        out.append(flat[start: start + len(row["options"])])
         start += len(row["options"])
+    return out
+
+
+def score_classification(lm: LM, rows: list[dict[str, Any]], separator: str,
+                         use_options: bool) -> dict[str, Any]:
+    """Rank classification: acc (summed log-likelihood) and acc_norm (per character), as lm-eval does."""
+    correct = correct_norm = 0
+    for row, option_scores in zip(rows, option_loglikelihoods(lm, rows, separator, use_options), strict=True):
         # per character of the option itself, as lm-evaluation-harness normalises acc_norm
         norm = [s / max(len(o), 1) for s, o in zip(option_scores, row["options"], strict=True)]
         gold = row["answer_index"]

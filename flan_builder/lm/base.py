@@ -32,11 +32,14 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()  # the answer ends before the first of these
     temperature: float = 0.0
     top_p: float = 1.0
+    # True: the prompt is a user's chat message. A local model wraps it in its chat template;
+    # an OpenAI-compatible server gets it through the chat-completions endpoint.
+    chat: bool = False
 
     @property
     def sampling_key(self) -> tuple[Any, ...]:
         """Requests with the same key can share one batched ``generate`` call."""
-        return self.max_new_tokens, self.stop, self.temperature, self.top_p
+        return self.max_new_tokens, self.stop, self.temperature, self.top_p, self.chat
 
 
 class LM(ABC):
@@ -45,6 +48,8 @@ class LM(ABC):
     def __init__(self, name: str, info: dict[str, Any] | None = None) -> None:
         self.name = name
         self.info: dict[str, Any] = {"name": name, **(info or {})}
+        # What generation has cost so far (a teacher's budget and report read it).
+        self.usage: dict[str, int] = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
 
     @abstractmethod
     def loglikelihood(self, requests: list[LoglikelihoodRequest]) -> list[float]:

@@ -172,18 +172,32 @@ class HFLM(LM):
                 settings.update(temperature=first.temperature, top_p=first.top_p, top_k=None)
             if first.stop:
                 settings.update(stop_strings=list(first.stop), tokenizer=self.tokenizer)
-            for batch in batches(members, self.batch_size, lambda i: len(requests[i].prompt)):
-                inputs = self.tokenizer([requests[i].prompt for i in batch], return_tensors="pt",
-                                        padding=True).to(self.model.device)
+            prompts = {i: self.chat_prompt(requests[i].prompt) if first.chat else requests[i].prompt
+                       for i in members}
+            for batch in batches(members, self.batch_size, lambda i, p=prompts: len(p[i])):
+                # a chat template already carries the special tokens it needs
+                inputs = self.tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True,
+                                        add_special_tokens=not first.chat).to(self.model.device)
                 if processors is not None:
                     settings["logits_processor"] = processors(inputs)
                 with torch.no_grad():
                     out = self.model.generate(**inputs, **settings)
-                texts = self.tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:],
-                                                    skip_special_tokens=True)
+                new_tokens = out[:, inputs["input_ids"].shape[1]:]
+                texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+                self.usage["requests"] += len(batch)
+                self.usage["prompt_tokens"] += int(inputs["attention_mask"].sum())
+                self.usage["completion_tokens"] += int((new_tokens != self.tokenizer.pad_token_id).sum())
                 for i, text in zip(batch, texts, strict=True):
                     answers[i] = cut_at_stop(text, first.stop).strip()
         return [answers[i] for i in range(len(requests))]
+
+    def chat_prompt(self, message: str) -> str:
+        """A user message in the model's chat template, ready for the assistant's answer."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise FlanError(f"{self.name} has no chat template, so it cannot take chat messages; use an "
+                            "instruction-tuned model (e.g. smollm2-135m) or a plain prompt")
+        return self.tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False,
+                                                  add_generation_prompt=True)
 
     def close(self) -> None:
         del self.model

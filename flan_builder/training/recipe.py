@@ -28,7 +28,7 @@ VIRTUAL_TOKEN_METHODS = ("prompt_tuning", "prefix_tuning", "p_tuning")
 _Schema = dict[str, tuple[tuple[type, ...], Any, Any]]
 
 
-def _positive(value: Any) -> str | None:
+def positive(value: Any) -> str | None:
     return None if value > 0 else "must be greater than 0"
 
 
@@ -36,7 +36,7 @@ def _fraction(value: Any) -> str | None:
     return None if 0 <= value < 1 else "must be in [0, 1)"
 
 
-def _one_of(*choices: Any) -> Any:
+def one_of(*choices: Any) -> Any:
     def check(value: Any) -> str | None:
         return None if value in choices else f"must be one of {', '.join(map(str, choices))}"
     return check
@@ -62,29 +62,29 @@ _BUILD: _Schema = {
     "data_dir": ((str, type(None)), None, None),
     "seed": ((int,), None, 0),
     "total": ((int, type(None)), None, None),
-    "max_per_dataset": ((int,), _positive, DEFAULT_MAX_PER_DATASET),
-    "rate_cap": ((int,), _positive, DEFAULT_RATE_CAP),
+    "max_per_dataset": ((int,), positive, DEFAULT_MAX_PER_DATASET),
+    "rate_cap": ((int,), positive, DEFAULT_RATE_CAP),
     "max_eval_rows": ((int, type(None)), None, None),
     "max_templates": ((int, type(None)), None, None),
     "all_templates": ((bool,), None, False),
     "with_options": ((bool,), None, True),
-    "style": ((str,), _one_of("prompt_completion", "messages"), "prompt_completion"),
+    "style": ((str,), one_of("prompt_completion", "messages"), "prompt_completion"),
     "tasks": ((list, type(None)), None, None),
     "train_clusters": ((list, type(None)), None, None),
     "with_clusters": ((list, type(None)), None, None),
 }
 _PEFT: _Schema = {
-    "method": ((str,), _one_of(*PEFT_METHODS), "lora"),
+    "method": ((str,), one_of(*PEFT_METHODS), "lora"),
     # LoRA
-    "r": ((int,), _positive, 16),
-    "alpha": ((int, float), _positive, 32),
+    "r": ((int,), positive, 16),
+    "alpha": ((int, float), positive, 32),
     "dropout": ((int, float), _fraction, 0.05),
     "target_modules": ((str, list), None, "all-linear"),
     # prompt_tuning / prefix_tuning / p_tuning
-    "num_virtual_tokens": ((int,), _positive, 20),
+    "num_virtual_tokens": ((int,), positive, 20),
     "prompt_init_text": ((str, type(None)), None, None),
     "prefix_projection": ((bool,), None, False),
-    "encoder_hidden_size": ((int,), _positive, 128),
+    "encoder_hidden_size": ((int,), positive, 128),
     # ia3
     "ia3_target_modules": ((list, type(None)), None, None),
     "ia3_feedforward_modules": ((list, type(None)), None, None),
@@ -95,7 +95,7 @@ _TRAIN: _Schema = {
     # never used by completion-only loss); off = TRL's own forward.
     "compact_lm_head": ((bool,), None, True),
     # "auto": padding-free batches when the PEFT method allows it (not virtual-token methods).
-    "padding_free": ((bool, str), _one_of(True, False, "auto"), "auto"),
+    "padding_free": ((bool, str), one_of(True, False, "auto"), "auto"),
     "merge": ((bool,), None, False),
 }
 
@@ -122,7 +122,7 @@ def _suggest(key: str, known: Any) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _check_section(data: Any, schema: _Schema, where: str, source: str) -> dict[str, Any]:
+def check_section(data: Any, schema: _Schema, where: str, source: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise FlanError(f"{source}: {where or 'the recipe'} must be a mapping of keys to values")
     out: dict[str, Any] = {}
@@ -265,19 +265,19 @@ def read_recipe_file(path: Path) -> dict[str, Any]:
 def validate_recipe(data: dict[str, Any], source: str = "<recipe>",
                     overrides: list[str] | None = None) -> Recipe:
     """Check every key and value; fill defaults. Raises FlanError naming the key at fault."""
-    top = _check_section(data, _TOP, "", source)
+    top = check_section(data, _TOP, "", source)
     for key in ("model", "heldout", "output", "dataset"):
         if top[key] is None:
             raise FlanError(f"{source}: missing required key {key!r}")
-    dataset = _check_section(top["dataset"], _DATASET, "dataset", source)
+    dataset = check_section(top["dataset"], _DATASET, "dataset", source)
     if dataset["path"] is None:
         raise FlanError(f"{source}: missing required key 'dataset.path' (a built dataset directory, "
                         "made first from dataset.build when it does not exist)")
     build = None
     if dataset["build"] is not None:
-        build = _check_section(dataset["build"], _BUILD, "dataset.build", source)
-    peft = _check_section(top["peft"], _PEFT, "peft", source)
-    train = _check_section(top["train"], _TRAIN, "train", source)
+        build = check_section(dataset["build"], _BUILD, "dataset.build", source)
+    peft = check_section(top["peft"], _PEFT, "peft", source)
+    train = check_section(top["train"], _TRAIN, "train", source)
     sft = _check_sft(top["sft"], source)
     if train["padding_free"] is True and peft["method"] in VIRTUAL_TOKEN_METHODS:
         raise FlanError(f"{source}: train.padding_free cannot be true with peft.method "

@@ -123,10 +123,10 @@ def test_trainable_parameter_counts_match_the_closed_form(method):
     from transformers import LlamaForCausalLM
 
     from flan_builder.training.peft_methods import make_peft_config, parameter_counts
-    from flan_builder.training.recipe import _PEFT, _check_section
+    from flan_builder.training.recipe import _PEFT, check_section
 
     vocab = 1000
-    settings = _check_section({"method": method, "r": 4, "num_virtual_tokens": 5,
+    settings = check_section({"method": method, "r": 4, "num_virtual_tokens": 5,
                                "encoder_hidden_size": 16}, _PEFT, "peft", "test")
     model = LlamaForCausalLM(tiny_config(vocab))
     base_total = sum(p.numel() for p in model.parameters())
