@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,42 @@ def assert_one_line_error(code: int, err: str, *parts: str) -> None:
     assert "Traceback" not in err
     for part in parts:
         assert part in lines[0], (part, lines[0])
+
+
+FAKE_GGUF = "tiny.Q4_0.gguf"
+
+
+def add_fake_alias(monkeypatch, root: Path, name: str = "tiny-alias", *, chunked: bool = False,
+                   license=None):
+    """Register a model alias whose package is a folder under ``root`` (put on sys.path): the
+    GGUF placeholder ships in it, or (``chunked``) its ``assemble(output_path=)`` writes one.
+    Loading needs ``models.save_gguf_as_folder`` patched too: the placeholder is no real GGUF."""
+    import uuid
+
+    from flan_builder import models
+
+    package = f"fake_model_{uuid.uuid4().hex[:8]}"  # unique: no stale sys.modules entry
+    folder = root / package
+    folder.mkdir(parents=True)
+    if chunked:
+        (folder / "__init__.py").write_text(
+            "from pathlib import Path\n\n\ndef assemble(output_path):\n"
+            "    Path(output_path).write_bytes(b'GGUF assembled')\n    return Path(output_path)\n")
+    else:
+        (folder / "__init__.py").write_text("")
+        (folder / FAKE_GGUF).write_bytes(b"GGUF")
+    monkeypatch.syspath_prepend(str(root))
+    alias = models.PackagedGGUF(
+        package=package, distribution=package.replace("_", "-"), filename=FAKE_GGUF,
+        install=f"pip install {package}", upstream=f"example/{name}",
+        license=license or models.APACHE_2, about="a test stand-in",
+        assembler="assemble" if chunked else None)
+    monkeypatch.setitem(models.ALIASES, name, alias)
+    return alias
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (for servers the tests start)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

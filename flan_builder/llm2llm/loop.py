@@ -20,7 +20,7 @@ import random
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ class Llm2llmRun:
     overwrite: bool = False
     teacher_endpoint: str | None = None  # --teacher URL (overrides the recipe's teacher)
     teacher_model: str | None = None  # --teacher-model NAME
-    log: Any = field(default=sys.stderr)
+    log: Any = None  # where progress lines go (None: stderr at the time)
 
 
 @dataclass
@@ -127,7 +127,7 @@ class Loop:
         self.label = self.fmt.answer_field if self.fmt.kind == "classification" else None
 
     def say(self, text: str) -> None:
-        print(text, file=self.run.log)
+        print(text, file=self.run.log or sys.stderr)
 
     # -- pieces ---------------------------------------------------------------------------------
 
@@ -442,7 +442,7 @@ class Loop:
                 **times,
                 "seconds": round(time.perf_counter() - t0, 1),
             }
-            if self._teacher_lm is not None:
+            if self._teacher_lm is not None and variant != "nearest":  # cumulative over this invocation
                 record["teacher_usage"] = dict(self._teacher_lm.usage)
             predictions = [{"split": "seed", **g} for g in on_seed] + [
                 {"split": "test", **g} for g in on_test
@@ -488,6 +488,8 @@ class Loop:
 
     def run_all(self) -> dict[str, Any]:
         started = time.perf_counter()
+        if self.recipe.iterations and any(v != "nearest" for v in self.recipe.variants):
+            self._teacher_lm = _load_teacher_lm(self.recipe)  # an unreachable teacher fails before any work
         self.check_start()
         spec = self.fmt.spec
         self.say(

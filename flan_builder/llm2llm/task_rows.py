@@ -23,6 +23,11 @@ from flan_builder.specs import TaskSpec
 _FIELD = re.compile(r"^\s*\[?\s*([A-Za-z_][A-Za-z0-9_]*)\s*\]?\s*$")  # `label`, `[target]`
 
 
+def _fold(text: str) -> str:
+    """An answer as compared: no surrounding quotes, final full stop or case."""
+    return text.strip().strip(".\"'").strip().lower()
+
+
 def _variables(source: str) -> set[str]:
     return set(meta.find_undeclared_variables(jinja2.Environment().parse(source)))
 
@@ -64,8 +69,8 @@ class TaskFormat:
         if self.kind in ("classification", "multiple_choice"):
             names = self.labels if self.kind == "classification" else options
             assert names is not None
-            folded = [n.strip().lower() for n in names]
-            key = answer.strip().strip(".\"'").lower()
+            folded = [_fold(n) for n in names]
+            key = _fold(answer)
             if key not in folded:
                 raise FlanError(f"answer {answer!r} is not one of {names}")
             row[self.answer_field] = folded.index(key)

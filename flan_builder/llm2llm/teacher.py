@@ -210,11 +210,13 @@ class Teacher:
             try:
                 texts = self.lm.generate(requests)
             except FlanError as exc:
-                if not getattr(exc, "budget", False):
+                if not getattr(exc, "budget", None):
                     raise
                 self.exhausted = str(exc)
-                break
-            self.cache.add([(key, text) for (_, _, key), text in zip(chunk, texts, strict=True)])
-            answers += [Answer(e.seed_id, k, text) for (e, k, _), text in zip(chunk, texts, strict=True)]
+                # what came back before the budget ran out was paid for: keep it
+                texts = list(getattr(exc, "answers", None) or [None] * len(chunk))
+            done = [(item, text) for item, text in zip(chunk, texts, strict=True) if text is not None]
+            self.cache.add([(key, text) for (_, _, key), text in done])
+            answers += [Answer(e.seed_id, k, text) for (e, k, _), text in done]
         order = {(e.seed_id, k): i for i, (e, k) in enumerate(wanted)}
         return sorted(answers, key=lambda a: order[(a.seed_id, a.sample)])

@@ -19,7 +19,7 @@ from typing import Any
 
 from flan_builder.errors import FlanError
 from flan_builder.lm.base import LM, GenerationRequest, LoglikelihoodRequest, cut_at_stop
-from flan_builder.models import ModelSource, load_model, load_tokenizer, resolve_model
+from flan_builder.models import ModelSource, load_model, load_tokenizer, materialise_model, resolve_model
 
 TOKEN_BUDGET = 8192  # tokens per batch (rows x longest row) for batch_size 'auto'
 
@@ -53,6 +53,12 @@ def tokenizer_source(name: str) -> ModelSource:
     return base if base is not None and (folder / "adapter_config.json").is_file() else resolve_model(name)
 
 
+def _license(source: ModelSource) -> str | None:
+    """The name of the (base) model's licence, where known, for reports."""
+    terms = source.license
+    return terms.name if terms else None
+
+
 def load_for_eval(name: str) -> tuple[Any, Any, dict[str, Any]]:
     """(model in eval mode, tokenizer, description) for a model name or a run directory."""
     import torch
@@ -61,12 +67,13 @@ def load_for_eval(name: str) -> tuple[Any, Any, dict[str, Any]]:
     base = base_of_run(folder) if folder.is_dir() else None
     info: dict[str, Any] = {"name": name}
     if base is None:
-        source = resolve_model(name)
+        source = materialise_model(resolve_model(name))  # an alias: its saved folder, described as such
         model, tokenizer = load_model(source, dtype=torch.float32), load_tokenizer(source)
-        info.update(kind=source.kind, source=source.describe(), method=None)
+        info.update(kind=source.kind, source=source.describe(), method=None, license=_license(source))
     elif (folder / "adapter_config.json").is_file():
         from peft import PeftModel
 
+        base = materialise_model(base)
         model = load_model(base, dtype=torch.float32)
         tokenizer = load_tokenizer(base)
         try:
@@ -77,11 +84,12 @@ def load_for_eval(name: str) -> tuple[Any, Any, dict[str, Any]]:
         method = model.peft_config["default"].peft_type.value.lower()
         if not model.peft_config["default"].is_prompt_learning:
             model = model.merge_and_unload()  # same outputs, base-model speed
-        info.update(kind="adapter", source=f"{folder} on {base.describe()}", method=method)
+        info.update(kind="adapter", source=f"{folder} on {base.describe()}", method=method,
+                    license=_license(base))
     else:  # a full fine-tune: a whole model directory
         source = resolve_model(str(folder))
         model, tokenizer = load_model(source, dtype=torch.float32), load_tokenizer(source)
-        info.update(kind="run", source=str(folder), method="full")
+        info.update(kind="run", source=str(folder), method="full", license=_license(base))
     model.eval()
     return model, tokenizer, info
 
