@@ -91,6 +91,8 @@ def load_for_eval(name: str) -> tuple[Any, Any, dict[str, Any]]:
         model, tokenizer = load_model(source, dtype=torch.float32), load_tokenizer(source)
         info.update(kind="run", source=str(folder), method="full", license=_license(base))
     model.eval()
+    if torch.cuda.is_available():  # scoring and generation run where the model is; the GPU if present
+        model.to("cuda")
     return model, tokenizer, info
 
 
