@@ -25,6 +25,7 @@ import yaml
 from flan_builder.atomic import atomic_directory, check_output_free, write_json_atomic
 from flan_builder.errors import FlanError
 from flan_builder.manifest import command_line, package_versions
+from flan_builder.training.model_card import write_model_card
 from flan_builder.training.recipe import VIRTUAL_TOKEN_METHODS, Recipe
 from flan_builder.workdir import partial_dir
 
@@ -166,9 +167,11 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> T
     with PartialState().main_process_first():
         dataset_dir = ensure_dataset(recipe)
 
-    from flan_builder.models import load_model, load_tokenizer, resolve_model
+    from flan_builder.models import load_model, load_tokenizer, materialise_model, resolve_model
 
-    source = resolve_model(recipe.model)
+    # An alias is saved once as a model folder in the model cache (a GGUF loads in about a
+    # minute, the folder in seconds); the manifest then records the folder it loaded from.
+    source = materialise_model(resolve_model(recipe.model))
     tokenizer = load_tokenizer(source)
     from flan_builder.training.data import load_training_data
 
@@ -216,8 +219,7 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> T
         "format_version": 1,
         "command": command_line(),
         "recipe": recipe.to_json(),
-        "model_source": {"name": source.name, "kind": source.kind, "location": source.location,
-                         "gguf_file": source.gguf_file, "described": source.describe()},
+        "model_source": source.to_json(),  # with the base model's licence, where known
         "method": recipe.method,
         "heldout_cluster": recipe.heldout,
         "dataset": {"path": str(dataset_dir), "content_hash": data.manifest.get("content_hash", {}),
@@ -262,6 +264,7 @@ def _write_output(trainer: Any, tokenizer: Any, recipe: Recipe, manifest: dict[s
         if tensorboard.is_dir():  # report_to: tensorboard writes beside the checkpoints; keep it
             shutil.copytree(tensorboard, tmp / "runs")
         _write_recipe(recipe, tmp)
+        write_model_card(manifest, tmp)  # names the base model's licence
         if recipe.train["merge"]:
             if recipe.method == "full":
                 manifest["merged"] = "."  # a full fine-tune is already a whole model
@@ -269,6 +272,7 @@ def _write_output(trainer: Any, tokenizer: Any, recipe: Recipe, manifest: dict[s
                 merged = trainer.model.merge_and_unload()
                 merged.save_pretrained(str(tmp / "merged"))
                 tokenizer.save_pretrained(str(tmp / "merged"))
+                write_model_card(manifest, tmp / "merged", merged=True)
                 manifest["merged"] = "merged"
         manifest["wall_time_s"] = round(time.perf_counter() - started, 2)
         manifest["peak_memory_mb"] = round(peak_memory_mb(), 1)
