@@ -60,13 +60,14 @@ def cache_keyword(model: Any) -> str:
     return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
 
 
-def _pad(seqs: list[list[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _pad(seqs: list[list[int]], value: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), value, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, : len(s)] = 1
+        where = slice(width - len(s), width) if left else slice(0, len(s))
+        ids[i, where] = torch.tensor(s, dtype=torch.long)
+        mask[i, where] = 1
     return ids, mask
 
 
@@ -108,13 +109,19 @@ def logits_shared_prefix(model: Any, rows: list[Encoded], pad_id: int) -> Scored
     backbone, head = _backbone_and_head(model)
     device = head.weight.device
     prompts = [r.prompt for r in rows]
-    prompt_ids, prompt_mask = _pad(prompts, pad_id)
+    # Prompts are padded on the left, so every prompt ends in the cache's last slot: a
+    # sliding-window layer (Gemma 3) keeps the last W slots, which are then each row's own
+    # last W tokens. Right padding would leave a short row's window full of padding whenever
+    # a longer prompt in the batch passes W.
+    prompt_ids, prompt_mask = _pad(prompts, pad_id, left=True)
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
+    prompt_positions = (prompt_mask.cumsum(1) - 1).clamp(min=0)
     cache = DynamicCache(config=model.config)  # filled in place by the forward pass
     keyword = cache_keyword(backbone)
-    out = backbone(input_ids=prompt_ids, attention_mask=prompt_mask, use_cache=True, **{keyword: cache})
+    out = backbone(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_positions,
+                   use_cache=True, **{keyword: cache})
     lengths = torch.tensor([len(p) for p in prompts], device=device)
-    last_hidden = out.last_hidden_state[torch.arange(len(rows), device=device), lengths - 1]
+    last_hidden = out.last_hidden_state[:, -1]
 
     owner, options, offsets = _layout(rows)
     index = torch.tensor(owner, device=device)

@@ -57,3 +57,28 @@ def test_scored_tokens_are_the_continuation_of_the_joint_encoding(tokenizer):
     for full, scored in zip(row.fulls, row.options, strict=True):
         assert full == row.prompt + scored
         assert tokenizer.decode(scored).startswith("\n\n")
+
+
+@pytest.mark.parametrize("lengths", [[20, 8], [20, 3, 19], [6, 4]])
+def test_shared_prefix_is_exact_with_a_sliding_window(lengths):
+    """Gemma 3's sliding-window layers keep the last W cache slots: a short prompt batched with one
+    longer than W must still see its own tokens (prompts are left-padded for this)."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from flan_builder.lm.scoring import Encoded, score_full_sequences, score_shared_prefix
+
+    config = Gemma3TextConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                              num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=4,
+                              layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+                              max_position_embeddings=256)
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(config).eval()
+    generator = torch.Generator().manual_seed(1)
+    rows = [Encoded(torch.randint(5, 290, (n,), generator=generator).tolist(), [[30, 31], [40], [41, 42, 43]])
+            for n in lengths]
+    shared, full = score_shared_prefix(model, rows, 0), score_full_sequences(model, rows, 0)
+    for a, b in zip(shared, full, strict=True):
+        assert a == pytest.approx(b, abs=1e-4)
+    # and the scores differ between options, so the comparison is not vacuous
+    assert len({round(x, 3) for x in shared[0]}) == 3
