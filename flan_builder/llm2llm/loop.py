@@ -462,6 +462,7 @@ class Loop:
     # -- everything -------------------------------------------------------------------------
 
     def check_start(self) -> None:
+        """Refuse to mix runs: a finished --out, an interrupted one without --resume, a changed recipe."""
         from flan_builder.atomic import check_output_free
 
         check_output_free(self.run.out, self.run.overwrite)
@@ -469,6 +470,7 @@ class Loop:
         if self.work.exists():
             if self.run.overwrite:
                 shutil.rmtree(self.work)
+                return
             elif not self.run.resume:
                 raise FlanError(
                     f"an interrupted run of {self.run.out} exists ({self.work}); pass --resume "
@@ -483,14 +485,15 @@ class Loop:
                         f"--resume: the recipe changed since the run began ({', '.join(changed)}); "
                         "start over with --overwrite or use the original settings"
                     )
-        self.work.mkdir(parents=True, exist_ok=True)
-        state.write_text(json.dumps(_loop_settings(self.recipe), indent=1), encoding="utf-8")
 
     def run_all(self) -> dict[str, Any]:
         started = time.perf_counter()
+        self.check_start()
         if self.recipe.iterations and any(v != "nearest" for v in self.recipe.variants):
             self._teacher_lm = _load_teacher_lm(self.recipe)  # an unreachable teacher fails before any work
-        self.check_start()
+        self.work.mkdir(parents=True, exist_ok=True)
+        settings = json.dumps(_loop_settings(self.recipe), indent=1)
+        (self.work / "recipe.json").write_text(settings, encoding="utf-8")
         spec = self.fmt.spec
         self.say(
             f"llm2llm {spec.name} ({self.fmt.kind}): {len(self.task.train)} train rows, seed size "
