@@ -1,7 +1,9 @@
 """The ``flan`` command: one entry point, one subcommand per job.
 
 Bad input raises FlanError anywhere below; ``main`` turns it into one line on stderr
-and exit code 2, never a traceback.
+and exit code 2, never a traceback. So are the failures of the world below: a file that
+cannot be read or written (OSError), text that is not UTF-8, and a missing [train] / [eval]
+extra. Any other exception is a programming error and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -325,18 +327,60 @@ def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
     return [register_train, register_eval, register_generate, register_lift, register_llm2llm]
 
 
+# Packages of the [train] / [eval] extras (import name -> extra; None: whichever the command needs).
+_EXTRA_MODULES: dict[str, str | None] = {
+    "trl": "train", "accelerate": "train", "tensorboard": "train",
+    "evaluate": "eval", "rouge_score": "eval", "sacrebleu": "eval", "sklearn": "eval",
+    "openai": "eval", "matplotlib": "eval",
+    "torch": None, "transformers": None, "peft": None, "gguf": None,
+}
+_TRAINING_COMMANDS = ("train", "llm2llm")
+
+
+def _missing_extra(exc: ModuleNotFoundError, command: str) -> str | None:
+    """The extra that would install the missing module, or None when it is not an extra's."""
+    root = (exc.name or "").split(".")[0]
+    if root not in _EXTRA_MODULES:
+        return None
+    return _EXTRA_MODULES[root] or ("train" if command in _TRAINING_COMMANDS else "eval")
+
+
+def _os_error_message(exc: OSError) -> str:
+    """An OS failure (unreadable input, unwritable output) as one line naming the file."""
+    reason = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
+    files = [str(f) for f in (exc.filename, exc.filename2) if f is not None]
+    where = f"{' -> '.join(files)}: " if files else ""
+    return (f"{where}{reason}; check that the path exists, is the kind of file expected and that "
+            "you may read (or write) it")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    prefix = f"flan {args.command}: error:"
     try:
         return int(args.func(args) or 0)
     except FlanError as exc:
-        print(f"flan {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{prefix} {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"flan {args.command}: interrupted; no complete output was left behind",
               file=sys.stderr)
         return 130
+    except ModuleNotFoundError as exc:
+        extra = _missing_extra(exc, args.command)
+        if extra is None:
+            raise  # a missing module of our own is a programming error: keep its traceback
+        print(f"{prefix} flan {args.command} needs the [{extra}] extra: pip install "
+              f"'flan-builder[{extra}]' (module {exc.name!r} is not installed)", file=sys.stderr)
+        return FlanError.exit_code
+    except UnicodeDecodeError as exc:  # a reader below that does not name its file
+        print(f"{prefix} an input file is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+              "save it as UTF-8", file=sys.stderr)
+        return FlanError.exit_code
+    except OSError as exc:
+        print(f"{prefix} {_os_error_message(exc)}", file=sys.stderr)
+        return FlanError.exit_code
 
 
 if __name__ == "__main__":

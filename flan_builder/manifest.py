@@ -51,8 +51,11 @@ def content_hash(rows: Iterable[dict[str, Any]]) -> str:
 
 
 def command_line() -> str:
-    return " ".join(["flan", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("flan") else \
-        " ".join(sys.argv)
+    """The command that made an output, with secrets (``--set sft.x_token=...``) redacted."""
+    from flan_builder.redaction import redact_argv
+
+    argv = redact_argv(list(sys.argv))
+    return " ".join(["flan", *argv[1:]]) if argv and argv[0].endswith("flan") else " ".join(argv)
 
 def read_dataset_manifest(path: Path) -> dict[str, Any]:
     """The manifest of a built dataset directory (an error that says how to build one)."""

@@ -171,6 +171,17 @@ def default_templates_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "templates"
 
 
+def _read_text(path: Path) -> str:
+    """A spec file's text; a file that is not UTF-8 is an error naming it, not a traceback."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise _fail(path, line, f"not UTF-8 text (byte {data[exc.start]:#04x}); save the file "
+                    "as UTF-8") from None
+
+
 def _fail(path: Path, line: int | None, message: str) -> FlanError:
     where = f"{path}:{line}" if line else str(path)
     return FlanError(f"{where}: {message}")
@@ -235,7 +246,7 @@ def _shared_templates(path: Path, task: str, name: str) -> Any:
         raise _fail(path, None, f"task {task}: 'templates: {name}' must name a shared _*.yaml file in "
                     f"{path.parent}")
     try:
-        data = yaml.load(shared.read_text(encoding="utf-8"), Loader=_LineLoader)  # noqa: S506
+        data = yaml.load(_read_text(shared), Loader=_LineLoader)  # noqa: S506
     except yaml.YAMLError as exc:
         raise _fail(shared, None, f"not valid YAML: {exc}") from None
     if not isinstance(data, dict) or "templates" not in data:
@@ -292,7 +303,7 @@ def _generation(path: Path, what: str, value: Any) -> dict[str, Any]:
 def _read_mapping(path: Path, what: str) -> dict[str, Any]:
     """A YAML file that must hold a mapping (lines recorded for error messages)."""
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_LineLoader)  # noqa: S506
+        data = yaml.load(_read_text(path), Loader=_LineLoader)  # noqa: S506
     except yaml.YAMLError as exc:
         raise _fail(path, None, f"not valid YAML: {exc}") from None
     if not isinstance(data, dict):

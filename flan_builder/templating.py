@@ -1,21 +1,29 @@
 """The template engine: sandboxed, strict Jinja, compiled once, applied to rows.
 
-A template from a stranger cannot run code (``SandboxedEnvironment``) and a missing
-field is an error, not an empty string (``StrictUndefined``). Templates and the
+A template from a stranger cannot run code or change the rows and options it is given
+(``ImmutableSandboxedEnvironment``), cannot include other files, and cannot make a render
+use unbounded memory or time (``_BoundedEnvironment``: a cap on the length of what any
+operation or the whole render produces, a per-render time limit checked in every loop).
+A missing field is an error, not an empty string (``StrictUndefined``). Templates and the
 spec's expressions are compiled once per task and reused for every row, which is
 what makes rendering fast (promptsource compiles on every ``apply``).
 """
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Callable, Mapping
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import jinja2
-from jinja2 import StrictUndefined
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2 import StrictUndefined, nodes
+from jinja2.compiler import CodeGenerator, Frame, optimizeconst
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEnvironment
 
 from flan_builder.errors import FlanError
 from flan_builder.specs import TaskSpec, TemplateSpec
@@ -31,11 +39,178 @@ def options_suffix(options: list[str]) -> str:
     return "\n\nOPTIONS:\n- " + "\n- ".join(options)
 
 
+# What one render (or any one operation inside it) may produce, and how long it may take.
+MAX_RENDER_CHARS = 100_000
+RENDER_TIME_LIMIT_S = 5.0
+# Wraps every {% for %} iterable: where the time limit is checked (a loop may produce nothing).
+_LOOP_GUARD = "__flan_bounded_loop__"
+_render_state = threading.local()
+# A format string whose width or precision is huge or comes from an argument ('%*s').
+_HUGE_FORMAT = re.compile(r"%[-#0 +]*(?:\d{6,}|\*)|%[-#0 +]*\d*\.(?:\d{6,}|\*)|\{[^{}]*:[^{}]*\d{6,}")
+_NOT_ALLOWED = {nodes.Include: "include", nodes.Import: "import", nodes.FromImport: "import",
+                nodes.Extends: "extends"}
+
+
+class TemplateBudgetError(SecurityError):
+    """A template asked for more output, memory or time than a render may use."""
+
+
+def _too_long(size: int) -> TemplateBudgetError:
+    return TemplateBudgetError(f"the template would produce {size:,} characters or items, more "
+                               f"than the limit of {MAX_RENDER_CHARS:,}")
+
+
+def _check_size(size: int) -> None:
+    if size > MAX_RENDER_CHARS:
+        raise _too_long(size)
+
+
+def _check_format(fmt: Any) -> None:
+    if isinstance(fmt, str) and _HUGE_FORMAT.search(fmt):
+        raise TemplateBudgetError(f"format string {fmt[:40]!r} asks for a huge or computed width")
+
+
+def _check_int_args(args: Iterable[Any]) -> None:
+    """Refuse numeric arguments that size an allocation beyond the cap (center, ljust, indent...)."""
+    for arg in args:
+        if isinstance(arg, int) and not isinstance(arg, bool) and abs(arg) > MAX_RENDER_CHARS:
+            raise TemplateBudgetError(f"argument {arg:,} is larger than the limit of "
+                                      f"{MAX_RENDER_CHARS:,}")
+
+
+def _bounded_loop(iterable: Iterable[Any]) -> Iterator[Any]:
+    """Every template loop runs through here: the render's time limit is checked as it goes."""
+    deadline = getattr(_render_state, "deadline", None) or time.monotonic() + RENDER_TIME_LIMIT_S
+    if time.monotonic() > deadline:
+        raise _too_slow()
+    for count, item in enumerate(iterable, 1):
+        if not count & 1023 and time.monotonic() > deadline:
+            raise _too_slow()
+        yield item
+
+
+def _too_slow() -> TemplateBudgetError:
+    return TemplateBudgetError(f"the template ran longer than the {RENDER_TIME_LIMIT_S:g} s "
+                               "a render may take (a loop too large?)")
+
+
+def _bounded_filter(func: Callable[..., Any]) -> Callable[..., Any]:
+    offset = 1 if hasattr(func, "jinja_pass_arg") else 0  # context/environment comes first
+
+    @functools.wraps(func)  # keeps jinja_pass_arg
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        _check_int_args(args[offset + 1:])
+        _check_int_args(kwargs.values())
+        if func is _FORMAT_FILTER and len(args) > offset:
+            _check_format(args[offset])
+        return func(*args, **kwargs)
+
+    return checked
+
+
+_FORMAT_FILTER = jinja2.filters.FILTERS["format"]
+
+
+class _BoundedCodeGenerator(CodeGenerator):
+    """``a ~ b`` goes through the environment, which bounds the length of the result."""
+
+    @optimizeconst
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        self.write("environment.bounded_concat((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
+
+
+class _BoundedEnvironment(ImmutableSandboxedEnvironment):
+    """The sandbox, immutable, with no includes and a bound on every render's output and time."""
+
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
+    code_generator_class = _BoundedCodeGenerator
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.filters = {name: _bounded_filter(f) for name, f in self.filters.items()}
+        self.globals[_LOOP_GUARD] = _bounded_loop
+
+    def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
+        tree = super()._parse(source, name, filename)
+        for kind, word in _NOT_ALLOWED.items():
+            found = next(tree.find_all(kind), None)
+            if found is not None:
+                raise jinja2.TemplateSyntaxError(
+                    f"'{{% {word} %}}' is not allowed: a template cannot include, import or extend "
+                    "other templates; write the text into the template", found.lineno, name, filename)
+        for loop in tree.find_all(nodes.For):
+            loop.iter = nodes.Call(nodes.Name(_LOOP_GUARD, "load"), [loop.iter], [], None, None,
+                                   lineno=loop.iter.lineno)
+        return tree
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(times, int):
+                    _check_size(len(seq) * times)
+        elif operator == "+":
+            if isinstance(left, (str, list, tuple)) and isinstance(right, (str, list, tuple)):
+                _check_size(len(left) + len(right))
+        elif operator == "**":
+            if (isinstance(left, int) and isinstance(right, int) and abs(left) > 1
+                    and right * abs(left).bit_length() > 4 * MAX_RENDER_CHARS):
+                raise TemplateBudgetError(f"{left} ** {right} is too large a number")
+        elif operator == "%":
+            _check_format(left)
+        return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        deadline = getattr(_render_state, "deadline", None)  # macros may recurse without a loop
+        if deadline is not None and time.monotonic() > deadline:
+            raise _too_slow()
+        owner = getattr(getattr(__obj, "__wrapped__", __obj), "__self__", None)
+        if isinstance(owner, (str, bytes)):  # 'x'.ljust(10**10), '{:>{}}'.format('x', 10**10)
+            _check_int_args(args)
+            _check_int_args(kwargs.values())
+            _check_format(owner)
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def bounded_concat(self, parts: Iterable[Any]) -> str:
+        text = "".join(map(str, parts))
+        _check_size(len(text))
+        return text
+
+
 def make_environment() -> SandboxedEnvironment:
     """The one Jinja environment every template and expression is compiled in."""
-    return SandboxedEnvironment(
+    return _BoundedEnvironment(
         undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False
     )
+
+
+def can_run_long(env: jinja2.Environment, source: str) -> bool:
+    """True when a template has loops, macros or calls: only those can outgrow the per-operation caps."""
+    tree = env.parse(source)
+    return any(True for _ in tree.find_all((nodes.For, nodes.Macro, nodes.CallBlock, nodes.Call)))
+
+
+def render_bounded(template: jinja2.Template, ctx: dict[str, Any], can_run_long: bool = True) -> str:
+    """Render on a shared context, stopping at the output cap and (in loops and calls) the time limit."""
+    if not can_run_long:  # every operation is capped already: one join, then the total
+        text = "".join(template.root_render_func(template.new_context(ctx, shared=True)))
+        _check_size(len(text))
+        return text
+    _render_state.deadline = time.monotonic() + RENDER_TIME_LIMIT_S
+    try:
+        chunks = []
+        size = 0
+        for chunk in template.root_render_func(template.new_context(ctx, shared=True)):
+            size += len(chunk)
+            if size > MAX_RENDER_CHARS:
+                raise _too_long(size)
+            chunks.append(chunk)
+        return "".join(chunks)
+    finally:
+        _render_state.deadline = None
 
 
 @dataclass(frozen=True)
@@ -64,8 +239,13 @@ def _undefined_name(exc: jinja2.UndefinedError) -> str:
     return str(exc)
 
 
+# What a template's own code can raise while it runs (1/0, 10**10 as a range, endless macro
+# recursion, 'a' - 1): the template's fault, reported like any template error.
+_TEMPLATE_FAULTS = (ArithmeticError, RecursionError, MemoryError, ValueError, TypeError)
+
+
 def _render_error(
-    exc: jinja2.TemplateError, where: str, row: Mapping[str, Any], fix: str
+    exc: Exception, where: str, row: Mapping[str, Any], fix: str
 ) -> TemplateRenderError:
     """A Jinja failure on a row, as a message naming what failed and what to fix."""
     if isinstance(exc, jinja2.UndefinedError):
@@ -73,7 +253,11 @@ def _render_error(
             f"{where}: missing field '{_undefined_name(exc)}' (the row has: "
             f"{', '.join(sorted(row))}); fix {fix} or the data"
         )
-    return TemplateRenderError(f"{where}: {exc}")
+    if not isinstance(exc, jinja2.TemplateError):
+        text = (str(exc).splitlines() or [""])[0][:200]
+        return TemplateRenderError(f"{where}: the template failed: {type(exc).__name__}"
+                                   f"{': ' + text if text else ''}; fix {fix}")
+    return TemplateRenderError(f"{where}: {' '.join(str(exc).split())}")
 
 
 class _Expression:
@@ -149,6 +333,7 @@ class _CompiledTemplate:
             list(template.options) if isinstance(template.options, tuple) else None
         )
         self._env = env
+        self._can_run_long = can_run_long(env, template.input + _JOINT + target)
 
     def render_pair(self, ctx: dict[str, Any]) -> tuple[str, str]:
         """Input and target in one pass over a shared context (which already holds the globals).
@@ -156,11 +341,10 @@ class _CompiledTemplate:
         ``Template.render`` copies the context and merges the globals on every call, which
         costs more than rendering these short templates does.
         """
-        joint = self.joint
-        parts = "".join(joint.root_render_func(joint.new_context(ctx, shared=True))).split(_JOINT)
+        parts = render_bounded(self.joint, ctx, self._can_run_long).split(_JOINT)
         if len(parts) != 2:  # the row's own text holds the joint marker: render separately
-            return (self._env.from_string(self.spec.input).render(ctx),
-                    self._env.from_string(self._target_source).render(ctx))
+            return (render_bounded(self._env.from_string(self.spec.input), ctx),
+                    render_bounded(self._env.from_string(self._target_source), ctx))
         return parts[0], parts[1]
 
     @property
@@ -276,7 +460,7 @@ class TaskRenderer:
             else:
                 options, answer_index = [], -1
                 references = [target] if template.inverted else ctx["references"]
-        except jinja2.TemplateError as exc:
+        except (jinja2.TemplateError, *_TEMPLATE_FAULTS) as exc:
             raise _render_error(exc, where, row, f"the template in {self.spec.path}") from None
         if not text:
             raise TemplateRenderError(f"{where}: the rendered input is empty")
@@ -301,6 +485,7 @@ class TaskRenderer:
         """The names a template sees: the row's fields, ``row`` itself, and the answer choices."""
         ctx: dict[str, Any] = {**self.globals, **row}
         ctx["row"] = row
+        ctx[_LOOP_GUARD] = _bounded_loop  # a row's own field of that name must not replace it
         where = where or f"task {self.spec.name}"
         try:
             if self.spec.has_options:
@@ -310,7 +495,7 @@ class TaskRenderer:
                 ctx["correct_choice"] = options[index]
             elif self.references is not None:
                 ctx["references"] = self._references(ctx, compiled, where)
-        except jinja2.TemplateError as exc:
+        except (jinja2.TemplateError, *_TEMPLATE_FAULTS) as exc:
             raise _render_error(exc, where, row, f"the spec in {self.spec.path}") from None
         return ctx
 

@@ -189,3 +189,76 @@ def test_console_script_is_installed():
         else subprocess.run([sys.executable, "-m", "flan_builder.cli", "--version"],
                             capture_output=True, text=True)
     assert result.returncode == 0 and "flan-builder" in result.stdout
+
+
+# -- failures of the world below: files, encodings, missing extras -------------------------------
+
+def _copy_fixture_templates(tmp_path):
+    import shutil
+
+    root = tmp_path / "t"
+    shutil.copytree(FIXTURE_TEMPLATES, root)
+    return root
+
+
+def test_spec_file_that_is_not_utf8_names_the_file(capsys, tmp_path):
+    root = _copy_fixture_templates(tmp_path)
+    spec = root / "nli" / "toy_nli.yaml"
+    spec.write_bytes(spec.read_bytes() + "# café\n".encode("latin-1"))
+    code, _, err = run(capsys, "tasks", "--templates-dir", str(root))
+    assert_one_line_error(code, err, str(spec), "not UTF-8")
+
+
+def test_data_file_that_is_not_utf8_names_the_file(capsys, tmp_path):
+    import shutil
+
+    data = tmp_path / "d"
+    shutil.copytree(FIXTURE_DATA, data)
+    bad = data / "toy_nli" / "train.jsonl"
+    bad.write_bytes(bad.read_bytes() + '{"premise": "caf\xe9"}\n'.encode("latin-1"))
+    code, _, err = run(capsys, "build", "--heldout", "none", "--data-dir", str(data),
+                       "--out", str(tmp_path / "o"), *FIX)
+    assert_one_line_error(code, err, "task toy_nli", str(bad), "not UTF-8")
+
+
+def test_unwritable_output_path_is_one_line_naming_it(capsys, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory", encoding="utf-8")
+    code, _, err = run(capsys, "build", "--heldout", "nli", "--data-dir", str(FIXTURE_DATA),
+                       "--out", str(blocker / "out"), *FIX)
+    assert_one_line_error(code, err, str(blocker), "check that the path exists")
+
+
+def test_train_without_the_train_extra_says_how_to_install_it(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "trl", None)  # import trl -> ModuleNotFoundError
+    code, _, err = run(capsys, "train", str(REPO / "train" / "heldout-nli.yaml"), "--check")
+    assert_one_line_error(code, err, "flan train needs the [train] extra",
+                          "pip install 'flan-builder[train]'")
+
+
+@pytest.mark.parametrize(("missing", "extra"), [("evaluate", "eval"), ("torch", "eval"),
+                                                 ("transformers.models", "eval")])
+def test_eval_without_the_eval_extra_says_how_to_install_it(capsys, monkeypatch, missing, extra):
+    from flan_builder.evaluation import cli as eval_cli
+
+    def needs_extra(args):
+        raise ModuleNotFoundError(f"No module named {missing!r}", name=missing)
+
+    monkeypatch.setattr(eval_cli, "cmd_eval", needs_extra)
+    code, _, err = run(capsys, "eval", "suite.yaml")
+    assert_one_line_error(code, err, f"flan eval needs the [{extra}] extra",
+                          f"pip install 'flan-builder[{extra}]'")
+
+
+@pytest.mark.parametrize("error", [ModuleNotFoundError("No module named 'flan_builder.nope'",
+                                                       name="flan_builder.nope"),
+                                   RuntimeError("a bug"), KeyError("x")])
+def test_programming_errors_keep_their_traceback(monkeypatch, error):
+    from flan_builder.evaluation import cli as eval_cli
+
+    def buggy(args):
+        raise error
+
+    monkeypatch.setattr(eval_cli, "cmd_eval", buggy)
+    with pytest.raises(type(error)):
+        main(["eval", "suite.yaml"])

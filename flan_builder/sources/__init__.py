@@ -73,18 +73,23 @@ def available_roles(spec: TaskSpec, data_dir: Path | None) -> dict[str, bool]:
 
 def _read_jsonl(spec: TaskSpec, path: Path) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise FlanError(f"task {spec.name}: {path}:{number} is not valid JSON ({exc.msg}); "
-                                "fix or remove that line") from None
-            if not isinstance(row, dict):
-                raise FlanError(f"task {spec.name}: {path}:{number} is not a JSON object")
-            rows.append(row)
+    number = 0
+    try:
+        with path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise FlanError(f"task {spec.name}: {path}:{number} is not valid JSON "
+                                    f"({exc.msg}); fix or remove that line") from None
+                if not isinstance(row, dict):
+                    raise FlanError(f"task {spec.name}: {path}:{number} is not a JSON object")
+                rows.append(row)
+    except UnicodeDecodeError as exc:  # read in blocks: the bad byte is at or after this line
+        raise FlanError(f"task {spec.name}: {path} is not UTF-8 text ({exc.reason}, after line "
+                        f"{number}); convert it to UTF-8 (e.g. iconv -t utf-8)") from None
     return rows
 
 

@@ -19,6 +19,7 @@ import yaml
 
 from flan_builder.errors import FlanError
 from flan_builder.mixing import DEFAULT_MAX_PER_DATASET, DEFAULT_RATE_CAP
+from flan_builder.redaction import redact, redact_assignment
 
 PEFT_METHODS = ("lora", "full", "prompt_tuning", "prefix_tuning", "p_tuning", "ia3")
 # Methods that prepend learned virtual tokens (or key/value prefixes) to every sequence.
@@ -162,6 +163,10 @@ def _check_sft(data: dict[str, Any], source: str) -> dict[str, Any]:
         raise FlanError(f"{source}: sft must be a mapping of SFTConfig fields to values")
     if "output_dir" in data:
         raise FlanError(f"{source}: sft.output_dir is set by the recipe's `output`; remove it")
+    if "hub_token" in data:  # it would be saved in plain text (recipe.yaml, training_args.bin)
+        raise FlanError(f"{source}: sft.hub_token cannot be set in a recipe (it would be saved with "
+                        "the run in plain text); set the HF_TOKEN environment variable or run "
+                        "`hf auth login` instead")
     fields = _sft_fields()
     for key in data:
         if key not in fields:
@@ -192,18 +197,19 @@ class Recipe:
         return self.peft["method"]
 
     def to_json(self) -> dict[str, Any]:
+        """What recipe.yaml and run.json record: secret-named values are written as ``***``."""
         return {
             "name": self.name,
             "description": self.description,
             "model": self.model,
             "heldout": self.heldout,
             "output": self.output,
-            "dataset": {"path": self.dataset_path, "build": self.build},
-            "peft": self.peft,
-            "sft": self.sft,
-            "train": self.train,
+            "dataset": {"path": self.dataset_path, "build": redact(self.build)},
+            "peft": redact(self.peft),
+            "sft": redact(self.sft),
+            "train": redact(self.train),
             "source": self.source,
-            "overrides": self.overrides,
+            "overrides": [redact_assignment(text) for text in self.overrides],
         }
 
 
@@ -238,7 +244,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                raise FlanError(f"--set {text!r}: {part} is not a section")
+                raise FlanError(f"--set {redact_assignment(text)!r}: {part} is not a section")
             node = child
         node[path[-1]] = value
     return data
@@ -252,6 +258,9 @@ def read_recipe_file(path: Path) -> dict[str, Any]:
                         "(e.g. train/heldout-nli.yaml)")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise FlanError(f"recipe {path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save "
+                        "it as UTF-8") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
