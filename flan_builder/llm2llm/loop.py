@@ -28,7 +28,14 @@ from flan_builder.errors import FlanError
 from flan_builder.llm2llm.dedup import RougeDeduper, example_text
 from flan_builder.llm2llm.recipe import Llm2llmRecipe
 from flan_builder.llm2llm.task_rows import TaskFormat, sample_seed, seed_count, task_format
-from flan_builder.llm2llm.teacher import Answer, Example, PromptWriter, options_of, parse_answer
+from flan_builder.llm2llm.teacher import (
+    Answer,
+    Example,
+    PromptWriter,
+    options_of,
+    parse_answer,
+    reason_category,
+)
 from flan_builder.workdir import partial_dir
 
 RECORD = "record.json"
@@ -402,8 +409,10 @@ class Loop:
             wrong = wrong_rows(on_seed)
             verdicts: list[dict[str, Any]] = []
             exhausted = None
+            spent: dict[str, int] = {}
             if k < self.recipe.iterations:
                 t2 = time.perf_counter()
+                before = dict(getattr(self._teacher_lm, "usage", None) or {})
                 samples = self.recipe.per_wrong
                 if variant == "all_seed":
                     ids = list(range(len(seed_rows)))
@@ -420,6 +429,8 @@ class Loop:
                 used |= {s["pool_index"] for s in new if s.get("pool_index") is not None}
                 exhausted = teacher.exhausted
                 times["teacher_s"] = round(time.perf_counter() - t2, 1)
+                if variant != "nearest" and self._teacher_lm is not None:  # what this iteration cost
+                    spent = {key: n - before.get(key, 0) for key, n in self._teacher_lm.usage.items()}
             record = {
                 "seed": seed,
                 "variant": variant,
@@ -442,8 +453,8 @@ class Loop:
                 **times,
                 "seconds": round(time.perf_counter() - t0, 1),
             }
-            if self._teacher_lm is not None and variant != "nearest":  # cumulative over this invocation
-                record["teacher_usage"] = dict(self._teacher_lm.usage)
+            if spent:
+                record["teacher_usage"] = spent  # cached answers cost nothing
             predictions = [{"split": "seed", **g} for g in on_seed] + [
                 {"split": "test", **g} for g in on_test
             ]
@@ -539,7 +550,7 @@ def _reasons(verdicts: list[dict[str, Any]]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for v in verdicts:
         if v["verdict"] != "ok":
-            reason = v["verdict"].split(" (")[0].split(":")[0]
+            reason = reason_category(v["verdict"])
             counts[reason] = counts.get(reason, 0) + 1
     return counts
 

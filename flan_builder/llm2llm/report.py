@@ -10,6 +10,7 @@ from typing import Any
 
 from flan_builder.atomic import write_json_atomic, write_text_atomic
 from flan_builder.llm2llm.recipe import VARIANTS
+from flan_builder.llm2llm.teacher import reason_category
 
 
 def _stat(values: list[float]) -> tuple[float, float]:
@@ -49,6 +50,7 @@ def table(results: dict[str, Any]) -> str:
         rejected: dict[str, int] = {}
         for r in group:
             for why, n in r["rejected"].items():
+                why = reason_category(why)
                 rejected[why] = rejected.get(why, 0) + n
         times = " / ".join(
             f"{statistics.mean(r[key] for r in group):.0f}" for key in ("train_s", "eval_s", "teacher_s")
@@ -140,10 +142,12 @@ def usage_line(results: dict[str, Any]) -> str:
     used = [r["teacher_usage"] for r in results["records"] if r.get("teacher_usage")]
     if not used:
         return "Teacher usage: no model teacher was asked in this run."
-    last = max(used, key=lambda u: u["requests"])
+    total = {
+        key: sum(u.get(key, 0) for u in used) for key in ("requests", "prompt_tokens", "completion_tokens")
+    }
     return (
-        f"Teacher usage (this invocation): {last['requests']} requests, {last['prompt_tokens']:,} prompt "
-        f"tokens, {last['completion_tokens']:,} completion tokens."
+        f"Teacher usage: {total['requests']} requests, {total['prompt_tokens']:,} prompt tokens, "
+        f"{total['completion_tokens']:,} completion tokens (answers reused from the cache cost nothing)."
     )
 
 

@@ -72,7 +72,7 @@ class TaskFormat:
             folded = [_fold(n) for n in names]
             key = _fold(answer)
             if key not in folded:
-                raise FlanError(f"answer {answer!r} is not one of {names}")
+                raise FlanError(f"invalid answer: {answer!r} is not one of {names}")
             row[self.answer_field] = folded.index(key)
         else:
             if not answer:

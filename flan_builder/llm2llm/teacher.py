@@ -136,6 +136,14 @@ def parse_answer(fmt: TaskFormat, text: str) -> tuple[dict[str, Any] | None, str
         return None, f"unusable fields ({type(exc).__name__})"
 
 
+def reason_category(verdict: str) -> str:
+    """A rejection's kind, for counting: the verdict up to its details."""
+    for kind in ("near-copy", "invalid answer", "missing", "placeholder", "no '####'", "unusable fields"):
+        if verdict.startswith(kind):
+            return kind
+    return verdict.split(" (")[0].split(":")[0][:40]
+
+
 def prompt_key(identity: str, prompt: str, settings: dict[str, Any], round_: int, sample: int) -> str:
     """The cache key of one teacher request: who answers, what is asked, how, in which round
     (iteration), and which sample."""
