@@ -103,6 +103,8 @@ def findings(results: dict[str, Any]) -> list[str]:
             continue
         verdict = "holds" if ours > theirs else "does not hold"
         out.append(f"- {claim}: {verdict} here (LLM2LLM {ours:.1f} vs {theirs:.1f}, test accuracy %).")
+    if len({r["seed"] for r in results["records"]}) < 2:
+        out = [line[:-1] + "; one seed only, so training noise alone could explain it." for line in out]
     nearest = score("nearest")
     if nearest is not None and ours is not None:
         out.append(

@@ -141,6 +141,8 @@ def reason_category(verdict: str) -> str:
     for kind in ("near-copy", "invalid answer", "missing", "placeholder", "no '####'", "unusable fields"):
         if verdict.startswith(kind):
             return kind
+    if verdict.startswith("answer "):  # records written before verdicts were prefixed
+        return "invalid answer"
     return verdict.split(" (")[0].split(":")[0][:40]
 
 
