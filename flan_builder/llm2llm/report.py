@@ -130,6 +130,7 @@ def _chart(results: dict[str, Any], path: Path) -> None:
         means = [_stat(v)[0] for _, v in points]
         stds = [_stat(v)[1] for _, v in points]
         ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=variant)
+    ax.set_xticks(sorted({k for _, k in grouped}))
     ax.set_xlabel("iteration")
     ax.set_ylabel("test accuracy %")
     ax.set_title(f"LLM2LLM on {results['task']} (teacher: {results['teacher']})", fontsize=9)
