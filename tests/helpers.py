@@ -40,6 +40,27 @@ def write_rows(root: Path, mirror: str, split: str, rows: list[dict]) -> Path:
     return path
 
 
+def write_choice_spec(root: Path, name: str, template_id: str, template: str) -> Path:
+    """A multiple-choice spec ``root/qa/NAME.yaml`` (fields text, choices, label) with a plain
+    template ``fine`` and ``template_id`` holding ``template`` (which may span lines)."""
+    indented = "\n".join("      " + line for line in template.splitlines())
+    return write_spec(root, "qa", name, f"""
+task: {name}
+cluster: qa
+type: multiple_choice
+source: {{hub_id: x/{name}, mirror: {name}, splits: {{train: train}}}}
+fields: [text, choices, label]
+options: choices
+answer: label
+templates:
+  - id: fine
+    input: "{{{{ text }}}}"
+  - id: {template_id}
+    input: |-
+{indented}
+""")
+
+
 HIDDEN, INTER, LAYERS, HEADS, KV_HEADS = 32, 64, 2, 4, 2
 HEAD_DIM = HIDDEN // HEADS
 KV_DIM = KV_HEADS * HEAD_DIM

@@ -15,8 +15,8 @@ from tests.helpers import (
     SHARED_DATA,
     assert_one_line_error,
     requires_shared_data,
+    write_choice_spec,
     write_rows,
-    write_spec,
 )
 
 FIX = ["--templates-dir", str(FIXTURE_TEMPLATES)]
@@ -98,21 +98,7 @@ def test_missing_data_dir_split_and_dataset(capsys, tmp_path):
 
 
 def _broken_registry(tmp_path, template: str, rows: list[dict]):
-    write_spec(tmp_path / "t", "qa", "bad", f"""
-task: bad
-cluster: qa
-type: multiple_choice
-source: {{hub_id: x/bad, mirror: bad, splits: {{train: train}}}}
-fields: [text, choices, label]
-options: choices
-answer: label
-templates:
-  - id: fine
-    input: "{{{{ text }}}}"
-  - id: suspect
-    input: |-
-      {template}
-""")
+    write_choice_spec(tmp_path / "t", "bad", "suspect", template)
     write_rows(tmp_path / "d", "bad", "train", rows)
     return ["--templates-dir", str(tmp_path / "t"), "--data-dir", str(tmp_path / "d"),
             "--out", str(tmp_path / "o"), "--all-templates"]

@@ -12,29 +12,13 @@ from flan_builder.errors import FlanError
 from flan_builder.lint import lint_rows, lint_static
 from flan_builder.specs import load_spec
 from flan_builder.templating import TaskRenderer
-from tests.helpers import write_rows, write_spec
+from tests.helpers import write_choice_spec, write_rows
 
 ROW = {"text": "hello", "choices": ["a", "b"], "label": 0}
 
 
 def hostile_spec(tmp_path, template: str):
-    indented = "\n".join("      " + line for line in template.splitlines())
-    path = write_spec(tmp_path / "t", "qa", "hostile", f"""
-task: hostile
-cluster: qa
-type: multiple_choice
-source: {{hub_id: x/hostile, mirror: hostile, splits: {{train: train}}}}
-fields: [text, choices, label]
-options: choices
-answer: label
-templates:
-  - id: fine
-    input: "{{{{ text }}}}"
-  - id: attack
-    input: |-
-{indented}
-""")
-    return load_spec(path)
+    return load_spec(write_choice_spec(tmp_path / "t", "hostile", "attack", template))
 
 
 def render_attack(tmp_path, template: str, row=None):

@@ -50,8 +50,6 @@ class Llm2llmRun:
     out: Path
     resume: bool = False
     overwrite: bool = False
-    teacher_endpoint: str | None = None  # --teacher URL (overrides the recipe's teacher)
-    teacher_model: str | None = None  # --teacher-model NAME
     log: Any = None  # where progress lines go (None: stderr at the time)
 
 
@@ -121,16 +119,11 @@ class Loop:
 
     def __init__(self, run: Llm2llmRun) -> None:
         self.run, self.recipe = run, run.recipe
-        if run.teacher_endpoint:
-            self.recipe.teacher.update(endpoint=run.teacher_endpoint, model=None)
-        if run.teacher_model:
-            self.recipe.teacher.update(endpoint_model=run.teacher_model)
         self.work = partial_dir(run.out)
         self.task = load_task(self.recipe)
         self.fmt = self.task.fmt
         self.writer = PromptWriter(self.fmt, self.recipe.teacher["prompt"], self.recipe.show_student_answer)
         self._teacher_lm: Any = None
-        self.teacher_usage = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
         self.label = self.fmt.answer_field if self.fmt.kind == "classification" else None
 
     def say(self, text: str) -> None:
