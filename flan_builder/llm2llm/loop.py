@@ -124,6 +124,7 @@ class Loop:
         self.fmt = self.task.fmt
         self.writer = PromptWriter(self.fmt, self.recipe.teacher["prompt"], self.recipe.show_student_answer)
         self._teacher_lm: Any = None
+        self._nearest: dict[int, Any] = {}
         self.label = self.fmt.answer_field if self.fmt.kind == "classification" else None
 
     def say(self, text: str) -> None:
@@ -166,10 +167,11 @@ class Loop:
         from flan_builder.llm2llm.nearest import NearestTeacher
         from flan_builder.llm2llm.teacher import Teacher, TeacherCache
 
-        if variant == "nearest":
-            teacher = NearestTeacher(self.fmt, pool)
-            teacher.used |= used
-            return teacher
+        if variant == "nearest":  # one per seed: its TF-IDF index is fitted once, on the fixed pool
+            if seed not in self._nearest:
+                self._nearest[seed] = NearestTeacher(self.fmt, pool)
+                self._nearest[seed].used |= used  # rows given before a resume
+            return self._nearest[seed]
         if self._teacher_lm is None:
             self._teacher_lm = _load_teacher_lm(self.recipe)
         settings = {k: self.recipe.teacher[k] for k in ("max_new_tokens", "temperature", "top_p")}
