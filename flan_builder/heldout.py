@@ -6,6 +6,9 @@
   Siblings are data: ``siblings:`` in ``templates/<cluster>/_cluster.yaml``.
 - A dataset that sits in more than one cluster leaves training when any of its
   clusters is held out (or is a sibling of the held-out one).
+- Two datasets made from the same source text (``shares_source_with:`` in a spec: WNLI and
+  WSC) may sit in different clusters; the one in training keeps only its rows that share no
+  text with the held-out one's (``flan_builder.contamination``, run by the build).
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ class SplitPlan:
     train_tasks: list[TaskSpec]
     heldout_tasks: list[TaskSpec]
     excluded: dict[str, str] = field(default_factory=dict)  # task -> reason it is not trained on
+    # training task -> held-out tasks declared to share its source text (rows checked by content)
+    shares_source: dict[str, list[str]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -35,6 +40,7 @@ class SplitPlan:
             "train_tasks": [t.name for t in self.train_tasks],
             "heldout_tasks": [t.name for t in self.heldout_tasks],
             "excluded_from_train": self.excluded,
+            "shares_source_with_heldout": self.shares_source,
         }
 
 
@@ -104,6 +110,13 @@ def plan_split(
     ]
     if heldout is not None and not evaluated:
         raise FlanError(f"held-out cluster {heldout} has no task with an evaluation split")
+    if wanted is not None and not train:  # would write an empty train split and say nothing
+        reasons = "; ".join(f"{name}: {excluded.get(name, 'not trainable')}" for name in sorted(wanted))
+        raise FlanError(f"--tasks leaves nothing to train on ({reasons}); name a task that trains, "
+                        "or hold out another cluster")
     if not train and heldout is None:
         raise FlanError("no task is left for training; check --tasks / --train-clusters")
-    return SplitPlan(heldout, sorted(blocked), train, evaluated, excluded)
+    evaluated_names = {s.name for s in evaluated}
+    shared = {s.name: sorted(registry.shares_source(s.name) & evaluated_names) for s in train}
+    return SplitPlan(heldout, sorted(blocked), train, evaluated, excluded,
+                     {name: held for name, held in shared.items() if held})

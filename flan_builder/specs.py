@@ -31,7 +31,7 @@ TEMPLATES_DIR_ENV = "FLAN_TEMPLATES_DIR"
 _SPEC_KEYS = {
     "task", "cluster", "also_in", "type", "source", "license", "license_note",
     "fields", "options", "answer", "references", "notes", "templates", "constants", "opt_in",
-    "metric", "output_type", "generation",
+    "metric", "output_type", "generation", "shares_source_with",
 }
 CLUSTER_FILE = "_cluster.yaml"
 _CLUSTER_KEYS = {"cluster", "siblings", "hub_category", "metric", "generation", "opt_in", "notes"}
@@ -126,6 +126,8 @@ class TaskSpec:
     metric: str | None = None  # overrides the cluster's generation metric
     output_type: str | None = None  # overrides the one implied by the type
     generation: dict[str, Any] = field(default_factory=dict)  # max_new_tokens / stop overrides
+    # tasks made from the same source text (WNLI and WSC: the Winograd schemas), either side
+    shares_source_with: tuple[str, ...] = ()
 
     @property
     def clusters(self) -> tuple[str, ...]:
@@ -164,11 +166,13 @@ _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _con
 
 
 def default_templates_dir() -> Path:
-    """``$FLAN_TEMPLATES_DIR``, else the ``templates/`` folder of this checkout."""
+    """``$FLAN_TEMPLATES_DIR``, else the shipped ``templates/`` (the checkout's, or the wheel's)."""
+    from flan_builder.resources import shipped_dir
+
     env = os.environ.get(TEMPLATES_DIR_ENV)
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "templates"
+    return shipped_dir("templates")
 
 
 def _read_text(path: Path) -> str:
@@ -331,6 +335,14 @@ def load_cluster(path: Path) -> ClusterSpec:
     )
 
 
+def _task_names(path: Path, task: str, key: str, value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+        raise _fail(path, None, f"task {task}: '{key}' must be a list of task names")
+    return tuple(value)
+
+
 def load_spec(path: Path) -> TaskSpec:
     """Read and validate one task spec file."""
     data = _read_mapping(path, "a task spec")
@@ -368,6 +380,13 @@ def load_spec(path: Path) -> TaskSpec:
     clash = sorted(set(constants) & (set(fields) | set(RESERVED_NAMES)))
     if clash:
         raise _fail(path, None, f"task {name}: constant(s) {clash} clash with field or builder names")
+    parsed = tuple(_parse_template(path, name, t, i) for i, t in enumerate(templates))
+    first_line: dict[str, int] = {}
+    for template in parsed:
+        if template.id in first_line:  # two phrasings would merge under one id in the build
+            raise _fail(path, template.line, f"task {name}: template id {template.id!r} is used twice "
+                        f"(first at line {first_line[template.id]}); give each template its own id")
+        first_line[template.id] = template.line
     spec = TaskSpec(
         name=name,
         cluster=data["cluster"],
@@ -382,7 +401,7 @@ def load_spec(path: Path) -> TaskSpec:
             tabular=_tabular_source(path, name, source.get("tabular")),
         ),
         fields=tuple(fields),
-        templates=tuple(_parse_template(path, name, t, i) for i, t in enumerate(templates)),
+        templates=parsed,
         path=path,
         license=str(data.get("license", "unknown")),
         license_note=str(data.get("license_note", "")),
@@ -395,6 +414,7 @@ def load_spec(path: Path) -> TaskSpec:
         metric=data.get("metric"),
         output_type=data.get("output_type"),
         generation=_generation(path, f"task {name}", data.get("generation")),
+        shares_source_with=_task_names(path, name, "shares_source_with", data.get("shares_source_with")),
     )
     if spec.output_type is not None and spec.output_type not in OUTPUT_TYPES:
         raise _fail(path, None, f"task {name}: output_type must be one of {', '.join(OUTPUT_TYPES)}")
@@ -430,6 +450,12 @@ class Registry:
         named = set(self.cluster_info(cluster).siblings)
         named |= {c.name for c in self.cluster_files.values() if cluster in c.siblings}
         return named & set(self.clusters) - {cluster}
+
+    def shares_source(self, name: str) -> set[str]:
+        """Tasks made from the same source text as ``name`` (``shares_source_with``, either side)."""
+        named = set(self.tasks[name].shares_source_with)
+        named |= {t.name for t in self.tasks.values() if name in t.shares_source_with}
+        return named - {name}
 
     def is_opt_in(self, spec: TaskSpec) -> bool:
         return spec.opt_in or self.cluster_info(spec.cluster).opt_in
@@ -481,4 +507,9 @@ def load_registry(root: Path | None = None) -> Registry:
         tasks[spec.name] = spec
     if not tasks:
         raise FlanError(f"no task specs (<cluster>/<task>.yaml) found under {root}")
+    for spec in tasks.values():
+        unknown = [name for name in spec.shares_source_with if name not in tasks]
+        if unknown:
+            raise _fail(spec.path, None, f"task {spec.name}: shares_source_with names unknown "
+                        f"task(s) {', '.join(unknown)}; valid tasks: {', '.join(sorted(tasks))}")
     return Registry(tasks=dict(sorted(tasks.items())), root=root, cluster_files=clusters)

@@ -483,10 +483,14 @@ class TaskRenderer:
         self, row: Mapping[str, Any], compiled: _CompiledTemplate | None = None, where: str = ""
     ) -> dict[str, Any]:
         """The names a template sees: the row's fields, ``row`` itself, and the answer choices."""
+        where = where or f"task {self.spec.name}"
+        for name in self.spec.fields:
+            if name in row and row[name] is None:  # would render as the text "None"
+                raise TemplateRenderError(f"{where}: field '{name}' is null; fill it in the data or "
+                                          "drop the row")
         ctx: dict[str, Any] = {**self.globals, **row}
         ctx["row"] = row
         ctx[_LOOP_GUARD] = _bounded_loop  # a row's own field of that name must not replace it
-        where = where or f"task {self.spec.name}"
         try:
             if self.spec.has_options:
                 options, index = self._choices(ctx, compiled, where)

@@ -134,6 +134,36 @@ def test_label_out_of_range_names_the_row(capsys, tmp_path):
     assert_one_line_error(code, err, "task bad", "train row 1", "label out of range")
 
 
+def test_null_field_is_an_error_naming_row_and_field(capsys, tmp_path):
+    rows = [{"text": "t", "choices": ["a", "b"], "label": 0},
+            {"text": None, "choices": ["a", "b"], "label": 1}]
+    args = _broken_registry(tmp_path, "{{ text }}?", rows)
+    code, _, err = run(capsys, "build", "--heldout", "none", *args)
+    assert_one_line_error(code, err, "task bad", "train row 1", "field 'text' is null")
+    assert not (tmp_path / "o").exists()
+
+
+def test_duplicate_template_ids_fail_build_and_lint(capsys, tmp_path):
+    rows = [{"text": "t", "choices": ["a", "b"], "label": 0}]
+    args = _broken_registry(tmp_path, "{{ text }}?", rows)
+    spec = tmp_path / "t" / "qa" / "bad.yaml"
+    spec.write_text(spec.read_text(encoding="utf-8").replace("id: suspect", "id: fine"), encoding="utf-8")
+    code, _, err = run(capsys, "build", "--heldout", "none", *args)
+    assert_one_line_error(code, err, "bad.yaml:", "template id 'fine' is used twice")
+    code, out, err = run(capsys, "templates", "lint", "--templates-dir", str(tmp_path / "t"),
+                         "--data-dir", str(tmp_path / "d"))
+    assert code != 0 and "template id 'fine' is used twice" in out + err
+
+
+@requires_shared_data
+def test_tasks_naming_only_heldout_tasks_is_an_error(capsys, tmp_path):
+    code, _, err = run(capsys, "build", "--heldout", "nli", "--tasks", "super_glue_rte,glue_qnli",
+                       "--data-dir", str(SHARED_DATA), "--out", str(tmp_path / "o"))
+    assert_one_line_error(code, err, "--tasks leaves nothing to train on",
+                          "super_glue_rte: in the held-out cluster")
+    assert not (tmp_path / "o").exists()
+
+
 def test_empty_dataset(capsys, tmp_path):
     args = _broken_registry(tmp_path, "{{ text }}?", [])
     code, _, err = run(capsys, "build", "--heldout", "none", *args)

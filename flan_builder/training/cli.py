@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 EPILOG = """examples:
+  flan train heldout-nli                  # a shipped recipe by name (`flan recipes` lists them)
   flan train train/heldout-nli.yaml
   flan train train/heldout-nli.yaml --peft prompt_tuning --max-steps 200 --output runs/nli-pt
   flan train train/heldout-nli.yaml --resume              # continue from the last checkpoint
@@ -15,6 +15,7 @@ EPILOG = """examples:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from flan_builder.resources import resolve
     from flan_builder.training.recipe import load_recipe
 
     overrides = list(args.set or [])
@@ -23,14 +24,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides += [f"{key}={value}" for key, value in shortcuts.items() if value is not None]
     if args.merge:
         overrides.append("train.merge=true")
-    recipe = load_recipe(Path(args.recipe), overrides)
+    recipe = load_recipe(resolve(args.recipe, "train"), overrides)
     if recipe.heldout != "none":
         from flan_builder.specs import load_registry
 
         load_registry().check_cluster(recipe.heldout)
     if args.check:
-        print(f"{args.recipe}: ok ({recipe.model}, held out {recipe.heldout}, {recipe.method}, "
-              f"-> {recipe.output})")
+        from flan_builder.training.job import check_recipe
+
+        source = check_recipe(recipe)
+        print(f"{args.recipe}: ok ({recipe.model}: {source.describe()}; held out {recipe.heldout}, "
+              f"{recipe.method}, {recipe.sft['max_steps']} steps -> {recipe.output})")
         return 0
     from flan_builder.progress import quiet_library_logs
     from flan_builder.training.job import train
@@ -52,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add ``flan train`` to the top-level parser."""
     parser = sub.add_parser("train", help="tune a causal LM on every cluster but the held-out one",
                             epilog=EPILOG)
-    parser.add_argument("recipe", help="a recipe YAML (one per held-out cluster in train/)")
+    parser.add_argument("recipe", help="a shipped recipe's name (`flan recipes`) or a recipe YAML")
     parser.add_argument("--model", help="alias, .gguf file, model directory or Hub id")
     parser.add_argument("--dataset", help="built dataset directory (dataset.path)")
     parser.add_argument("--peft", help="lora, full, prompt_tuning, prefix_tuning, p_tuning, ia3")

@@ -136,6 +136,21 @@ def _choose_padding_free(recipe: Recipe, style: str, mean_row_tokens: float = 0.
     return bool(wanted)
 
 
+def check_recipe(recipe: Recipe) -> Any:
+    """Everything a run would build before its first step, built now: the model is resolved,
+    the real ``SFTConfig`` and PEFT config are made, so a bad value fails here, not minutes in."""
+    import tempfile
+
+    from flan_builder.models import resolve_model
+    from flan_builder.training.peft_methods import make_peft_config
+
+    source = resolve_model(recipe.model)
+    with tempfile.TemporaryDirectory(prefix="flan-check-") as tmp:
+        _sft_config(recipe, Path(tmp), padding_free=False, pretokenized=True)
+    make_peft_config(recipe.peft, None)
+    return source
+
+
 def peak_memory_mb() -> float:
     import torch
 
@@ -147,6 +162,7 @@ def peak_memory_mb() -> float:
 def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> TrainResult:
     """Run the recipe; write the final output atomically; return its run manifest."""
     started = time.perf_counter()
+    check_recipe(recipe)  # before any folder exists: a bad value must not leave a partial run
     out = Path(recipe.output)
     work = partial_dir(out)
     if resume and out.exists() and not overwrite:

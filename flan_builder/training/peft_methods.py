@@ -19,6 +19,8 @@ def _ia3_modules(model: Any, settings: dict[str, Any]) -> tuple[list[str], list[
     targets = settings.get("ia3_target_modules")
     feedforward = settings.get("ia3_feedforward_modules")
     if targets is None:
+        if model is None:  # `flan train --check`: no model loaded; peft's defaults stand in
+            return [], []
         names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
         targets = [n for n in ("k_proj", "v_proj", "down_proj") if n in names]
         if not targets:
@@ -29,6 +31,13 @@ def _ia3_modules(model: Any, settings: dict[str, Any]) -> tuple[list[str], list[
 
 def make_peft_config(settings: dict[str, Any], model: Any) -> Any:
     """The ``peft`` config for the recipe's ``peft:`` section, or None for ``full``."""
+    try:
+        return _peft_config(settings, model)
+    except (ValueError, TypeError) as exc:  # peft validates its own values (r, dropout, ...)
+        raise FlanError(f"bad peft settings for {settings['method']}: {str(exc).splitlines()[0]}") from None
+
+
+def _peft_config(settings: dict[str, Any], model: Any) -> Any:
     import peft
 
     method = settings["method"]

@@ -168,11 +168,71 @@ def _check_sft(data: dict[str, Any], source: str) -> dict[str, Any]:
                         "the run in plain text); set the HF_TOKEN environment variable or run "
                         "`hf auth login` instead")
     fields = _sft_fields()
-    for key in data:
+    checked = {}
+    for key, value in data.items():
         if key not in fields:
             raise FlanError(f"{source}: unknown key 'sft.{key}'{_suggest(key, fields)}; sft takes "
                             "trl.SFTConfig fields")
-    return {**SFT_DEFAULTS, **data}
+        checked[key] = _sft_value(key, value, fields[key].type, source)
+    steps = checked.get("max_steps", SFT_DEFAULTS["max_steps"])
+    if steps == 0 or steps < -1:  # Trainer: 0 still trains one step, any negative means epochs
+        raise FlanError(f"{source}: sft.max_steps must be at least 1 (or -1 to train "
+                        f"sft.num_train_epochs epochs), got {steps}")
+    return {**SFT_DEFAULTS, **checked}
+
+
+def _accepted_types(annotation: Any) -> set[type] | None:
+    """The plain types a SFTConfig field takes, or None where we cannot tell (leave it to TRL)."""
+    import enum
+    import typing
+
+    args = typing.get_args(annotation) if typing.get_origin(annotation) is not None else (annotation,)
+    found: set[type] = set()
+    for arg in args:
+        if arg is type(None) or arg is None:
+            found.add(type(None))
+        elif arg in (bool, int, float, str):
+            found.add(arg)
+        elif isinstance(arg, type) and issubclass(arg, enum.Enum):
+            found.add(str)
+        elif typing.get_origin(arg) in (list, dict) or arg in (list, dict):
+            found.add(typing.get_origin(arg) or arg)
+        elif typing.get_origin(arg) is typing.Literal:
+            found.update(type(v) for v in typing.get_args(arg))
+        else:
+            return None
+    return found
+
+
+def _sft_value(key: str, value: Any, annotation: Any, source: str) -> Any:
+    """A recipe's sft value checked against SFTConfig's type, so a bad one fails before any work."""
+    types = _accepted_types(annotation)
+    if types is None or value is None and type(None) in types:
+        return value
+    if isinstance(value, bool):
+        if bool in types:
+            return value
+    elif isinstance(value, int) and (int in types or float in types):
+        return value
+    elif isinstance(value, float):
+        if float in types:
+            return value
+        if int in types and value.is_integer():
+            return int(value)
+    elif isinstance(value, str):
+        if float in types and str not in types:
+            try:  # YAML reads 1e-4 (no dot) as a string
+                return float(value)
+            except ValueError:
+                pass
+        elif str in types:
+            return value
+    elif isinstance(value, (list, dict)) and type(value) in types:
+        return value
+    names = {bool: "true/false", int: "an integer", float: "a number", str: "a string",
+             list: "a list", dict: "a mapping", type(None): "null"}
+    wanted = " or ".join(sorted(names.get(t, t.__name__) for t in types))
+    raise FlanError(f"{source}: sft.{key} must be {wanted}, got {value!r}")
 
 
 @dataclass
