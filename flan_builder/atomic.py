@@ -17,12 +17,67 @@ from typing import Any
 
 from flan_builder.errors import FlanError
 
+# A folder holding one of these was written by flan-builder: a build (manifest.json), a
+# training run (run.json), a report (results.json: eval, lift, llm2llm), a saved model, an
+# LLM2LLM iteration (record.json).
+OUTPUT_MARKERS = ("manifest.json", "run.json", "results.json", "flan-model-cache.json", "record.json")
+
+
+def _is_flan_output(path: Path) -> bool:
+    return path.is_dir() and (any((path / name).is_file() for name in OUTPUT_MARKERS)
+                              or not any(path.iterdir()))
+
 
 def check_output_free(out: Path, overwrite: bool) -> None:
-    """Fail early, before any work, when the output exists and may not be replaced."""
-    if out.exists() and not overwrite:
+    """Fail early, before any work, when the output exists and may not be replaced; remove what
+    killed runs of the same output left beside it.
+
+    ``--overwrite`` deletes only what flan-builder wrote (or an empty folder): a typo such as
+    ``--out .`` or ``--out ~/data`` must not remove a user's files.
+    """
+    out = Path(out)
+    remove_leftovers(out)
+    if out.resolve() in (Path.cwd().resolve(), *Path.cwd().resolve().parents, Path.home().resolve()):
+        raise FlanError(f"--out {out} is the current folder, one above it or the home folder; "
+                        "name a new folder for the output")
+    if not out.exists():
+        return
+    if not overwrite:
         raise FlanError(f"output directory {out} already exists; pass --overwrite to replace it "
                         "or choose another --out")
+    if not _is_flan_output(out):
+        what = "a file" if not out.is_dir() else f"a folder without {', '.join(OUTPUT_MARKERS[:3])}"
+        raise FlanError(f"--overwrite refuses to delete {out}: it is {what}, not a flan-builder "
+                        "output; remove it yourself or choose another --out")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_leftovers(out: Path) -> list[Path]:
+    """Remove what killed runs of ``out`` left beside it (hidden ``.NAME.tmp-PID-*`` and
+    ``.NAME.old-*`` folders); a live process's temporary folder is left alone."""
+    out = Path(out)
+    removed = []
+    if not out.parent.is_dir():
+        return removed
+    for path in out.parent.glob(f".{out.name}.tmp-*"):
+        pid = path.name[len(f".{out.name}.tmp-"):].split("-")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
+            continue
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        removed.append(path)
+    for path in out.parent.glob(f".{out.name}.old-*"):
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
 
 
 @contextmanager
@@ -31,6 +86,7 @@ def atomic_directory(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
     out = Path(out)
     check_output_free(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:

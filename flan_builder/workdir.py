@@ -9,8 +9,13 @@ skips what is done. The final output appears by rename only when everything is d
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
+
+from flan_builder.errors import FlanError
+
+log = logging.getLogger("flan_builder")
 
 
 def partial_dir(out: Path) -> Path:
@@ -26,8 +31,31 @@ class ResultsLog:
         self.path = Path(work) / "results.jsonl"
         self.records: list[dict[str, Any]] = []
         if self.path.is_file():
-            self.records = [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines()
-                            if line.strip()]
+            self.records = self._read()
+
+    def _read(self) -> list[dict[str, Any]]:
+        """Every complete record. A kill mid-write leaves a torn last line: it is dropped (its
+        unit of work runs again) and cut from the file, so the next append starts a clean line."""
+        data = self.path.read_bytes()
+        lines = data.split(b"\n")
+        records = []
+        offset = 0
+        for number, line in enumerate(lines, 1):
+            end = offset + len(line) + 1
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    if any(rest.strip() for rest in lines[number:]):
+                        raise FlanError(f"{self.path}: line {number} is not JSON; the file was edited "
+                                        "or damaged: delete it to start this job over") from None
+                    log.warning("%s: dropping a torn last line (an interrupted write); that work "
+                                "runs again", self.path)
+                    with self.path.open("r+b") as handle:
+                        handle.truncate(offset)
+                    break
+            offset = end
+        return records
 
     def append(self, record: dict[str, Any]) -> None:
         """Write ``record`` (flushed to disk on return) and keep it."""
