@@ -15,7 +15,13 @@ import pytest
 from flan_builder.cli import main
 from flan_builder.errors import FlanError
 from flan_builder.workdir import ResultsLog
-from tests.helpers import FIXTURE_DATA, FIXTURE_TEMPLATES, SHARED_DATA, assert_one_line_error, requires_shared_data
+from tests.helpers import (
+    FIXTURE_DATA,
+    FIXTURE_TEMPLATES,
+    SHARED_DATA,
+    assert_one_line_error,
+    requires_shared_data,
+)
 
 FIX = ["--templates-dir", str(FIXTURE_TEMPLATES), "--data-dir", str(FIXTURE_DATA)]
 
@@ -73,7 +79,8 @@ def test_output_cannot_be_the_current_folder(capsys, tmp_path, monkeypatch):
 
 def test_torn_last_line_is_dropped_and_cut(tmp_path, caplog):
     path = tmp_path / "results.jsonl"
-    path.write_text(json.dumps({"a": 1}) + "\n" + json.dumps({"a": 2}) + "\n" + '{"a": 3, "sc', encoding="utf-8")
+    torn = '{"a": 3, "sc'
+    path.write_text(json.dumps({"a": 1}) + "\n" + json.dumps({"a": 2}) + "\n" + torn, encoding="utf-8")
     log = ResultsLog(tmp_path)
     assert log.records == [{"a": 1}, {"a": 2}]
     assert "torn last line" in caplog.text
@@ -99,7 +106,8 @@ def test_pool_workers_exit_when_the_build_is_killed(tmp_path):
     deadline = time.monotonic() + 120
     workers = []
     while time.monotonic() < deadline and len(workers) < 2 and proc.poll() is None:
-        workers = [p for p in parent.children(recursive=True) if "resource_tracker" not in " ".join(p.cmdline())]
+        workers = [p for p in parent.children(recursive=True)
+                   if "resource_tracker" not in " ".join(p.cmdline())]
         time.sleep(0.2)
     assert len(workers) >= 2, "the build finished before its pool started; nothing to test"
     os.kill(proc.pid, signal.SIGKILL)
