@@ -80,7 +80,9 @@ def test_output_cannot_be_the_current_folder(capsys, tmp_path, monkeypatch):
 def test_torn_last_line_is_dropped_and_cut(tmp_path, caplog):
     path = tmp_path / "results.jsonl"
     torn = '{"a": 3, "sc'
-    path.write_text(json.dumps({"a": 1}) + "\n" + json.dumps({"a": 2}) + "\n" + torn, encoding="utf-8")
+    torn = '{"a": 3, "sc'
+    path.write_text(json.dumps({"a": 1}) + "\n" + json.dumps({"a": 2}) + "\n" + torn,
+                    encoding="utf-8")
     log = ResultsLog(tmp_path)
     assert log.records == [{"a": 1}, {"a": 2}]
     assert "torn last line" in caplog.text
