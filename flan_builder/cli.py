@@ -41,7 +41,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--templates-dir", type=Path, default=None,
-                        help="task specs root (default: $FLAN_TEMPLATES_DIR or the repo's templates/)")
+                        help="task specs root (default: $FLAN_TEMPLATES_DIR, else the shipped templates/)")
 
 
 def _add_data_dir(parser: argparse.ArgumentParser) -> None:
@@ -203,6 +203,27 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from flan_builder.resources import shipped, shipped_dir
+    from flan_builder.specs import load_registry
+
+    registry = load_registry(args.templates_dir)
+    items = shipped()
+    width = max(len(item.name) for item in items)
+    sections = (("train", "training recipes: flan train NAME"),
+                ("llm2llm", "LLM2LLM recipes: flan llm2llm NAME"),
+                ("eval", "evaluation suites: flan eval NAME"))
+    for number, (kind, title) in enumerate(sections):
+        print(("\n" if number else "") + title)
+        for item in (i for i in items if i.kind == kind):
+            held = item.data.get("heldout")
+            siblings = registry.siblings(held) if held in registry.clusters else set()
+            print(f"  {item.name.ljust(width)}  {item.purpose(siblings)}")
+    print(f"\nFiles in {shipped_dir('train')} and {shipped_dir('eval')}; a path to your own file works "
+          "wherever a name does.")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from flan_builder.models import CACHE_ENV, available_models, model_cache
 
@@ -306,6 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
     psh.add_argument("--public", action="store_true")
     _add_common(psh)
     psh.set_defaults(func=cmd_push)
+
+    recipes = sub.add_parser("recipes", help="the shipped training recipes and evaluation suites, by name",
+                             epilog="example:\n  flan recipes\n  flan train heldout-nli --check")
+    _add_common(recipes)
+    recipes.set_defaults(func=cmd_recipes)
 
     models = sub.add_parser("models", help="the models this machine can load, and where from",
                             epilog="example:\n  flan models")

@@ -8,6 +8,7 @@ from pathlib import Path
 from flan_builder.cli_args import batch_size, non_negative_float
 
 EPILOG = """examples:
+  flan eval heldout-nli                                     # a shipped suite by name (`flan recipes`)
   flan eval eval/heldout-nli.yaml                           # a suite: models, data, rows, templates
   flan eval eval/heldout-nli.yaml --limit 20 --out reports/nli-quick   # flags override the suite
   flan eval --model smollm2-135m --model runs/heldout-nli --data build/heldout-nli --out reports/nli
@@ -26,8 +27,9 @@ def config_from_args(args: argparse.Namespace):  # -> EvalConfig
     from flan_builder.errors import FlanError
     from flan_builder.evaluation.suite import OPTIONS, EvalConfig, load_suite
     from flan_builder.lm.load import proxy_from_flags
+    from flan_builder.resources import resolve
 
-    settings = load_suite(Path(args.suite)) if args.suite else {}
+    settings = load_suite(resolve(args.suite, "eval")) if args.suite else {}
     if args.model:
         settings["models"] = list(args.model)
     for flag, key in (("limit", "limit"), ("templates", "templates"), ("template", "template_filter"),
@@ -77,7 +79,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add ``flan eval`` to the top-level parser."""
     parser = sub.add_parser("eval", help="zero-shot evaluation on the held-out cluster, base vs tuned",
                             epilog=EPILOG)
-    parser.add_argument("suite", nargs="?", help="an evaluation suite (eval/*.yaml); flags override it")
+    parser.add_argument("suite", nargs="?",
+                        help="a shipped suite's name (`flan recipes`) or a suite file; flags override it")
     parser.add_argument("--model", action="append",
                         help="alias, .gguf, model dir, Hub id, or a `flan train` run (repeatable)")
     parser.add_argument("--data", help="a built dataset with a heldout split")

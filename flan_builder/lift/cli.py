@@ -24,6 +24,7 @@ def cmd_lift(args: argparse.Namespace) -> int:
     from flan_builder.lift.experiment import LiftConfig, run_lift
     from flan_builder.lift.report import table
     from flan_builder.progress import quiet_library_logs
+    from flan_builder.resources import resolve
 
     if args.old_task:
         from flan_builder.errors import FlanError
@@ -34,7 +35,7 @@ def cmd_lift(args: argparse.Namespace) -> int:
     results = run_lift(LiftConfig(
         out=Path(args.out), dataset=args.dataset, csv=Path(args.csv) if args.csv else None,
         target=args.target, kind=args.kind, model=args.model, names=args.names, seeds=args.seeds,
-        recipe=Path(args.recipe), overrides=list(args.set or []), templates=args.templates,
+        recipe=resolve(args.recipe, "train"), overrides=list(args.set or []), templates=args.templates,
         with_options=not args.no_options, base=not args.no_base, batch_size=args.batch_size,
         digits=args.digits, overwrite=args.overwrite, extend=args.extend, proxy_base=args.proxy_base,
         alpha=args.alpha, proxy_level=args.proxy_level,
@@ -45,7 +46,7 @@ def cmd_lift(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``flan lift`` to the top-level parser."""
-    from flan_builder.lift.experiment import LIFT_RECIPE
+    from flan_builder.resources import LIFT_RECIPE_NAME
 
     parser = sub.add_parser("lift", help="tabular classification / regression as language (LIFT)",
                             epilog=EPILOG)
@@ -62,7 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="feature names: names, generic (x1, x2, ...), shuffled; a comma list runs "
                              "the ablation in one table")
     parser.add_argument("--seeds", type=int_list, default=[0, 1, 2], help="split and training seeds (0,1,2)")
-    parser.add_argument("--recipe", default=str(LIFT_RECIPE), help="training recipe (train/lift.yaml)")
+    parser.add_argument("--recipe", default=LIFT_RECIPE_NAME,
+                        help="training recipe: a shipped name or a file (default: lift, train/lift.yaml)")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override a recipe field, e.g. sft.num_train_epochs=5 (repeatable)")
     parser.add_argument("--templates", type=int, default=1, metavar="K",

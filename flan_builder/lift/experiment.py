@@ -26,11 +26,12 @@ from typing import Any
 import yaml
 
 from flan_builder.errors import FlanError
+from flan_builder.resources import LIFT_RECIPE_NAME, shipped_dir
 from flan_builder.specs import FEATURE_NAME_MODES, Registry, TaskSpec, load_registry, load_spec
 from flan_builder.templating import DEFAULT_SEPARATOR
 from flan_builder.workdir import ResultsLog, partial_dir
 
-LIFT_RECIPE = Path(__file__).resolve().parent.parent.parent / "train" / "lift.yaml"
+LIFT_RECIPE = shipped_dir("train") / f"{LIFT_RECIPE_NAME}.yaml"
 REGRESSION_MAX_NEW_TOKENS = 12
 
 

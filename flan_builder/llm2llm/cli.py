@@ -22,8 +22,9 @@ def cmd_llm2llm(args: argparse.Namespace) -> int:
     from flan_builder.llm2llm.recipe import load_llm2llm_recipe
     from flan_builder.llm2llm.report import table
     from flan_builder.progress import quiet_library_logs
+    from flan_builder.resources import resolve
 
-    recipe = load_llm2llm_recipe(Path(args.recipe), list(args.set or []))
+    recipe = load_llm2llm_recipe(resolve(args.recipe, "llm2llm"), list(args.set or []))
     if args.teacher:
         recipe.teacher.update(endpoint=args.teacher, model=None)
     if args.teacher_model:
@@ -47,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "llm2llm", help="LLM2LLM: a teacher writes new examples from the student's errors", epilog=EPILOG
     )
-    parser.add_argument("recipe", help="an LLM2LLM recipe, e.g. train/llm2llm-trec.yaml")
+    parser.add_argument("recipe", help="a shipped LLM2LLM recipe's name (llm2llm-trec) or a recipe file")
     parser.add_argument("--out", help="report directory (written atomically when the loop finishes)")
     parser.add_argument(
         "--resume", action="store_true", help="continue an interrupted run after its last complete iteration"
