@@ -28,13 +28,18 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
         if metric == "acc":
             entry["acc_norm_mean"] = statistics.fmean(r["scores"]["acc_norm"] for r in group)
         datasets_.append(entry)
-    clusters: dict[tuple[str, bool, str], list[float]] = defaultdict(list)
+    clusters: dict[tuple[str, bool, str], list[dict[str, Any]]] = defaultdict(list)
     for entry in datasets_:
         if not lower_is_better(entry["metric"]):  # an error (RMSE) cannot be averaged with scores
-            clusters[(entry["model"], entry["options"], entry["cluster"])].append(entry["mean"])
-    return {"datasets": datasets_,
-            "clusters": [{"model": m, "options": o, "cluster": c, "mean": statistics.fmean(v),
-                          "datasets": len(v)} for (m, o, c), v in sorted(clusters.items())]}
+            clusters[(entry["model"], entry["options"], entry["cluster"])].append(entry)
+    out = []
+    for (model, options, cluster), entries in sorted(clusters.items()):
+        line = {"model": model, "options": options, "cluster": cluster,
+                "mean": statistics.fmean(e["mean"] for e in entries), "datasets": len(entries)}
+        if all("acc_norm_mean" in e for e in entries):  # only where every dataset has one
+            line["acc_norm_mean"] = statistics.fmean(e["acc_norm_mean"] for e in entries)
+        out.append(line)
+    return {"datasets": datasets_, "clusters": out}
 
 
 def gap_closed(summary: dict[str, Any], proxies: dict[str, str], direct: str) -> list[dict[str, Any]]:

@@ -15,11 +15,23 @@ EPILOG = """examples:
   flan eval ... --no-options                 # the OPTIONS ablation on the same rows
   flan eval ... --options both               # with and without OPTIONS in one report
   flan eval ... --limit 50 --templates 3     # 50 rows per dataset, first 3 templates
+  flan eval ... --separator " " --log-samples   # lm-eval's protocol; every row's scores in samples/
   flan eval --model BASE --expert runs/heldout-nli --anti smollm2-135m --alpha 1.0 \\
       --direct runs/base-tuned --data build/heldout-nli --out reports/proxy   # proxy-tuning
 The first --model is the base that the others are compared with. With --expert and --anti the
 report adds the proxy-tuned base and the expert alone (and % gap closed with --direct).
 """
+
+
+def separator(value: str) -> str:
+    """A --separator value with backslash escapes read (``'\\n\\n'`` is two newlines)."""
+    from flan_builder.errors import FlanError
+
+    try:
+        return value.encode("latin-1", "backslashreplace").decode("unicode_escape")
+    except UnicodeDecodeError as exc:
+        raise FlanError(f"--separator {value!r}: bad backslash escape ({exc.reason}); write e.g. "
+                        "'\\n\\n' or ' '") from None
 
 
 def config_from_args(args: argparse.Namespace):  # -> EvalConfig
@@ -45,6 +57,10 @@ def config_from_args(args: argparse.Namespace):  # -> EvalConfig
         settings["options"] = OPTIONS["without" if args.no_options else args.options]
     if args.metric_from_hub:
         settings["metric_from_hub"] = True
+    if args.separator is not None:
+        settings["separator"] = separator(args.separator)
+    if args.log_samples:
+        settings["log_samples"] = True
     for key, flag in (("models", "--model"), ("data", "--data"), ("out", "--out")):
         if not settings.get(key):
             raise FlanError(f"{flag} is required (or a suite file that sets {key}:)")
@@ -96,6 +112,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=batch_size, default=None, help="'auto' (default) or rows")
     parser.add_argument("--metric-from-hub", action="store_true",
                         help="use the Hub's evaluate metrics instead of the shipped local ones")
+    parser.add_argument("--separator", default=None,
+                        help="text between prompt and option, part of the context (default: the build's, "
+                             "'\\n\\n'; ' ' is lm-evaluation-harness's); backslash escapes are read")
+    parser.add_argument("--log-samples", action="store_true",
+                        help="write every row's prompt, option scores and predictions to samples/")
     proxy = parser.add_argument_group("proxy-tuning (steer the first --model at decoding time)")
     proxy.add_argument("--expert", help="the tuned small model (e.g. a `flan train` run)")
     proxy.add_argument("--anti", help="the expert before tuning (the anti-expert)")

@@ -2,11 +2,14 @@
 
 Results are appended to ``.<out>.partial/results.jsonl`` as each (model, task, template,
 options) finishes, so an interrupted evaluation resumes where it stopped. The report
-(``results.json``, ``report.md``, ``report.png``) is written atomically at the end.
+(``results.json``, ``report.md``, ``report.png`` and, with ``log_samples``, ``samples/``) is
+written atomically at the end.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import sys
 import time
@@ -23,6 +26,35 @@ from flan_builder.workdir import ResultsLog, partial_dir
 __all__ = ["EvalConfig", "evaluate_models", "score_classification", "score_generation"]
 
 
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "_"
+
+
+def sample_folders(names: list[str]) -> dict[str, str]:
+    """model -> its folder under samples/: the short name, numbered where two would collide."""
+    from flan_builder.evaluation.report import model_label
+
+    folders: dict[str, str] = {}
+    for name in names:
+        folder = base = _safe(model_label(name))
+        n = 2
+        while folder in folders.values():
+            folder, n = f"{base}-{n}", n + 1
+        folders[name] = folder
+    return folders
+
+
+def sample_path(folder: str, task: str, template: str, use_options: bool) -> str:
+    """Where one (model, task, template, options) group's samples go, relative to the report."""
+    return f"samples/{folder}/{_safe(task)}/{_safe(template)}{'' if use_options else '.no-options'}.jsonl"
+
+
+def _done(record: dict[str, Any], separator: str, log_samples: bool) -> bool:
+    """Whether a logged record stands for this run: same separator (a record without one predates
+    scoring options apart from the separator, so it is redone), and samples kept when asked."""
+    return record.get("separator") == separator and (record.get("samples") is not None or not log_samples)
+
+
 def evaluate_models(config: EvalConfig) -> dict[str, Any]:
     """Evaluate every model on the same rows; write the report atomically; return results."""
     from flan_builder.atomic import atomic_directory, check_output_free
@@ -37,11 +69,13 @@ def evaluate_models(config: EvalConfig) -> dict[str, Any]:
     groups, manifest = load_heldout(config.data, tasks=config.tasks, template_filter=config.template_filter,
                                     templates=config.templates, limit=config.limit)
     evaluations = task_evaluations(manifest, {task for task, _ in groups})
-    separator = manifest.get("separator", "\n\n")
+    separator = manifest.get("separator", "\n\n") if config.separator is None else config.separator
     work = partial_dir(config.out)
     log = ResultsLog(work)
-    done = {(r["model"], r["task"], r["template"], r["options"]) for r in log.records}
+    done = {(r["model"], r["task"], r["template"], r["options"]) for r in log.records
+            if _done(r, separator, config.log_samples)}
     names = [spec_name(spec) for spec in config.models]
+    folders = sample_folders(names)
     models_info = []
     for spec, name in zip(config.models, names, strict=True):
         todo = [(key, use) for key in groups for use in config.options
@@ -56,17 +90,27 @@ def evaluate_models(config: EvalConfig) -> dict[str, Any]:
                 rows = groups[(task, template)]
                 evaluation = evaluations[task]
                 t0 = time.perf_counter()
+                samples: list[dict[str, Any]] | None = [] if config.log_samples else None
                 if evaluation["output_type"] == "multiple_choice":
-                    scores = score_classification(lm, rows, separator, use_options)
+                    scores = score_classification(lm, rows, separator, use_options, samples)
                 else:
-                    scores = score_generation(lm, rows, evaluation, use_options, config.metric_from_hub)
+                    scores = score_generation(lm, rows, evaluation, use_options, config.metric_from_hub,
+                                              samples)
                 metric = next(k for k in scores if k not in ("n", "examples"))
+                where = None
+                if samples is not None:  # on disk before the record that points at it
+                    where = sample_path(folders[name], task, template, use_options)
+                    _write_samples(work / where, samples, {"model": name, "task": task, "template": template,
+                                                           "with_options": use_options})
                 log.append({"model": name, "task": task, "cluster": rows[0]["cluster"], "template": template,
-                            "options": use_options, "metric": metric, "scores": scores,
+                            "options": use_options, "separator": separator, "metric": metric,
+                            "scores": scores, "samples": where,
                             "seconds": round(time.perf_counter() - t0, 2)})
         lm.close()
         del lm
-    records = [r for r in log.records if r["model"] in names]
+    latest = {(r["model"], r["task"], r["template"], r["options"]): r for r in log.records
+              if r["model"] in names and _done(r, separator, config.log_samples)}
+    records = list(latest.values())
     summary = aggregate(records)
     proxies = {spec.name: spec.base for spec in config.models if not isinstance(spec, str)}
     results = {
@@ -75,13 +119,27 @@ def evaluate_models(config: EvalConfig) -> dict[str, Any]:
         "heldout_cluster": manifest.get("heldout_cluster"),
         "models": models_info, "base": names[0],
         "limit": config.limit, "templates": config.templates, "suite": config.source,
+        "separator": separator, "log_samples": config.log_samples,
         "records": records,
         **summary,
         **({"gap_closed": gap_closed(summary, proxies, config.direct)} if proxies and config.direct else {}),
         "wall_time_s": round(time.perf_counter() - started, 1),
     }
     with atomic_directory(config.out, overwrite=config.overwrite) as tmp:
+        for record in records if config.log_samples else []:
+            (tmp / record["samples"]).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(work / record["samples"], tmp / record["samples"])
         write_report(results, tmp)
     shutil.rmtree(work, ignore_errors=True)
-    print(f"wrote {config.out}/results.json, report.md, report.png", file=sys.stderr)
+    extra = ", samples/" if config.log_samples else ""
+    print(f"wrote {config.out}/results.json, report.md, report.png{extra}", file=sys.stderr)
     return results
+
+
+def _write_samples(path: Path, samples: list[dict[str, Any]], group: dict[str, Any]) -> None:
+    """One JSON line per row, each naming its group, written whole or not at all."""
+    from flan_builder.atomic import write_text_atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, "".join(json.dumps({**group, **sample}, ensure_ascii=False) + "\n"
+                                    for sample in samples))

@@ -22,15 +22,28 @@ def _models(results: dict[str, Any]) -> list[str]:
     return [m for m in given if m in found] + [m for m in found if m not in given]
 
 
+def _norm(entry: dict[str, Any] | None, bold: bool = False) -> str:
+    """An acc_norm cell: the mean over templates (a cluster's: over datasets), or none."""
+    if not entry or "acc_norm_mean" not in entry:
+        return "" if bold else "-"
+    text = f"{entry['acc_norm_mean']:.1f}"
+    return f"**{text}**" if bold else text
+
+
 def table(results: dict[str, Any]) -> str:
-    """Markdown: one row per (dataset, options), one column group per model, then the difference."""
+    """Markdown: one row per (dataset, options), one column group per model, then the difference.
+
+    Rank-classification datasets show acc (mean ± std, best / worst over templates) and, beside
+    it, acc_norm (mean over templates); acc is the headline that differences are taken of.
+    """
     models = _models(results)
     base = results["base"]
     by_key = {(d["task"], d["options"], d["model"]): d for d in results["datasets"]}
     keys = sorted({(d["task"], d["options"]) for d in results["datasets"]})
+    with_norm = any("acc_norm_mean" in d for d in results["datasets"])
     header = ["dataset", "options", "metric", "templates"]
     for model in models:
-        header += [f"{model_label(model)} mean ± std", "best / worst"]
+        header += [f"{model_label(model)} mean ± std", "best / worst", *(["acc_norm"] if with_norm else [])]
     others = [m for m in models if m != base]
     header += [f"Δ {model_label(m)} − {model_label(base)}" for m in others]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -40,15 +53,16 @@ def table(results: dict[str, Any]) -> str:
         for model in models:
             d = by_key.get((task, options, model))
             cells += ([f"{d['mean']:.1f} ± {d['std']:.1f}", f"{d['best']:.1f} / {d['worst']:.1f}"]
-                      if d else ["-", "-"])
+                      if d else ["-", "-"]) + ([_norm(d)] if with_norm else [])
         for model in others:
             a, b = by_key.get((task, options, model)), by_key.get((task, options, base))
             cells.append(f"{a['mean'] - b['mean']:+.1f}" if a and b else "-")
         lines.append("| " + " | ".join(cells) + " |")
     for cluster in sorted({c["cluster"] for c in results["clusters"]}):
         for options in sorted({c["options"] for c in results["clusters"]}):
-            means = {c["model"]: c["mean"] for c in results["clusters"]
+            found = {c["model"]: c for c in results["clusters"]
                      if c["cluster"] == cluster and c["options"] == options}
+            means = {model: c["mean"] for model, c in found.items()}
             if not means:
                 continue
             apart = sorted({d["task"] for d in results["datasets"]
@@ -57,7 +71,8 @@ def table(results: dict[str, Any]) -> str:
                 else "mean of datasets"
             cells = [f"**{cluster} ({label})**", "yes" if options else "no", "", ""]
             for model in models:
-                cells += [f"**{means[model]:.1f}**" if model in means else "-", ""]
+                cells += [f"**{means[model]:.1f}**" if model in means else "-", "",
+                          *([_norm(found.get(model), bold=True)] if with_norm else [])]
             for model in others:
                 cells.append(f"**{means[model] - means[base]:+.1f}**" if model in means and base in means
                              else "-")
@@ -112,9 +127,10 @@ def write_report(results: dict[str, Any], folder: Path) -> None:
     header = (f"# Zero-shot evaluation on held-out `{results.get('heldout_cluster')}`\n\n"
               f"Data: `{results['data']}` (hash {str(results.get('dataset_hash'))[:16]}), "
               f"{results.get('limit') or 'all'} rows per dataset, every selected template; "
-              f"base model: `{results['base']}`. Classification: rank classification, `acc` "
-              f"(summed log-likelihood); `acc_norm` per character is in results.json. "
-              f"Wall time {results['wall_time_s']} s.\n\n")
+              f"base model: `{results['base']}`. Classification: rank classification over each "
+              f"option's own tokens after the prompt and the separator {results.get('separator')!r}; "
+              f"`acc` takes the summed log-likelihood, `acc_norm` divides it by the option's length "
+              f"in characters. Wall time {results['wall_time_s']} s.\n\n")
     if results.get("gap_closed"):
         text += ("\n\n## Proxy-tuning: % of the gap closed\n\n(proxy − base) / (direct − base), the "
                  f"directly tuned model being `{results['gap_closed'][0]['direct']}`.\n\n"

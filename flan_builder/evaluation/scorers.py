@@ -12,12 +12,17 @@ from flan_builder.evaluation.metrics import metric as metric_facts
 from flan_builder.lm.base import LM, GenerationRequest, LoglikelihoodRequest
 
 
-def option_loglikelihoods(lm: LM, rows: list[dict[str, Any]], separator: str,
-                          use_options: bool) -> list[list[float]]:
-    """Each row's summed log-likelihood of each of its options after its prompt."""
-    requests = [LoglikelihoodRequest(row["prompt"] if use_options else row["input"], separator + option)
-                for row in rows for option in row["options"]]
-    flat = lm.loglikelihood(requests)
+def _context(row: dict[str, Any], separator: str, use_options: bool) -> str:
+    """What the options are scored after: the prompt (with or without OPTIONS), then the separator."""
+    return (row["prompt"] if use_options else row["input"]) + separator
+
+
+def _requests(rows: list[dict[str, Any]], separator: str, use_options: bool) -> list[LoglikelihoodRequest]:
+    return [LoglikelihoodRequest(_context(row, separator, use_options), option)
+            for row in rows for option in row["options"]]
+
+
+def _per_row(rows: list[dict[str, Any]], flat: list[Any]) -> list[list[Any]]:
     out, start = [], 0
     for row in rows:
         out.append(flat[start: start + len(row["options"])])
@@ -25,23 +30,54 @@ def option_loglikelihoods(lm: LM, rows: list[dict[str, Any]], separator: str,
     return out
 
 
-def score_classification(lm: LM, rows: list[dict[str, Any]], separator: str,
-                         use_options: bool) -> dict[str, Any]:
-    """Rank classification: acc (summed log-likelihood) and acc_norm (per character), as lm-eval does."""
+def option_loglikelihoods(lm: LM, rows: list[dict[str, Any]], separator: str,
+                          use_options: bool) -> list[list[float]]:
+    """Each row's summed log-likelihood of each option's own tokens after its prompt and the separator."""
+    return _per_row(rows, lm.loglikelihood(_requests(rows, separator, use_options)))
+
+
+def _argmax(values: list[float]) -> int:
+    return max(range(len(values)), key=values.__getitem__)  # the first of equal scores, as numpy's
+
+
+def score_classification(lm: LM, rows: list[dict[str, Any]], separator: str, use_options: bool,
+                         samples: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Rank classification: acc (summed log-likelihood) and acc_norm (per character), as lm-eval does.
+
+    With ``samples`` (a list), one record per row is appended: the prompt, each option's score,
+    scored tokens and characters, both predictions and the gold answer (lm-eval's --log_samples).
+    """
+    requests = _requests(rows, separator, use_options)
+    scores = _per_row(rows, lm.loglikelihood(requests))
+    tokens = _per_row(rows, lm.continuation_tokens(requests) or [None] * len(requests)) \
+        if samples is not None else None
     correct = correct_norm = 0
-    for row, option_scores in zip(rows, option_loglikelihoods(lm, rows, separator, use_options), strict=True):
+    for i, (row, option_scores) in enumerate(zip(rows, scores, strict=True)):
         # per character of the option itself, as lm-evaluation-harness normalises acc_norm
         norm = [s / max(len(o), 1) for s, o in zip(option_scores, row["options"], strict=True)]
-        gold = row["answer_index"]
-        correct += int(max(range(len(option_scores)), key=option_scores.__getitem__) == gold)
-        correct_norm += int(max(range(len(norm)), key=norm.__getitem__) == gold)
+        gold, pred, pred_norm = row["answer_index"], _argmax(option_scores), _argmax(norm)
+        correct += int(pred == gold)
+        correct_norm += int(pred_norm == gold)
+        if samples is not None:
+            samples.append({
+                "source_index": row.get("source_index"), "prompt": _context(row, "", use_options),
+                "separator": separator,
+                "options": [{"option": option, "logprob": score, "chars": len(option),
+                             "tokens": None if scored is None else len(scored), "scored_tokens": scored}
+                            for option, score, scored in zip(row["options"], option_scores, tokens[i],
+                                                             strict=True)],
+                "gold": gold, "pred": pred, "pred_norm": pred_norm,
+                "acc": int(pred == gold), "acc_norm": int(pred_norm == gold)})
     n = len(rows)
     return {"acc": 100 * correct / n, "acc_norm": 100 * correct_norm / n, "n": n}
 
 
 def score_generation(lm: LM, rows: list[dict[str, Any]], evaluation: dict[str, Any], use_options: bool,
-                     from_hub: bool) -> dict[str, Any]:
-    """Greedy decoding, then the task's metric (a shipped ``evaluate`` module, or the Hub's)."""
+                     from_hub: bool, samples: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Greedy decoding, then the task's metric (a shipped ``evaluate`` module, or the Hub's).
+
+    With ``samples`` (a list), one record per row is appended: the prompt, the answer, the references.
+    """
     import evaluate
 
     facts = metric_facts(evaluation["metric"])
@@ -58,5 +94,9 @@ def score_generation(lm: LM, rows: list[dict[str, Any]], evaluation: dict[str, A
                         for i, r in enumerate(references)])
     else:
         result = module.compute(predictions=answers, references=references)
+    if samples is not None:
+        samples.extend({"source_index": row.get("source_index"), "prompt": _context(row, "", use_options),
+                        "answer": answer, "references": refs}
+                       for row, answer, refs in zip(rows, answers, references, strict=True))
     scores = {key: float(result[key]) for key in facts.keys if key in result}
     return {**scores, "n": len(rows), "examples": answers[:3]}

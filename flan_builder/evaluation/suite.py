@@ -17,6 +17,8 @@ template: []                       # only template ids containing one of these
 tasks: []                          # only these tasks
 options: with                      # with | without | both
 shots: 0                           # zero-shot (FLAN's protocol)
+separator: null                    # between prompt and option (null: the build's, "\n\n"); " ": lm-eval's
+log_samples: false                 # samples/<model>/<task>/<template>.jsonl: every row's scores
 batch_size: auto
 metric_from_hub: false
 ```
@@ -35,7 +37,7 @@ from flan_builder.lm.load import ModelSpec, proxy_spec
 
 OPTIONS = {"with": (True,), "without": (False,), "both": (True, False)}
 _KEYS = {"data", "out", "models", "direct", "limit", "templates", "template", "tasks", "options", "shots",
-         "batch_size", "metric_from_hub"}
+         "batch_size", "metric_from_hub", "separator", "log_samples"}
 _PROXY_KEYS = {"base", "expert", "anti", "alpha", "level"}
 
 
@@ -57,6 +59,8 @@ class EvalConfig:
     shots: int = 0
     direct: str | None = None  # the directly tuned model, for proxy-tuning's % gap closed
     source: str | None = None  # the suite file, when there is one
+    separator: str | None = None  # between prompt and option; None: the build's (its manifest)
+    log_samples: bool = False  # write every row's option scores and predictions
 
     def check(self) -> None:
         """Settings that cannot run are one-line errors before any model loads."""
@@ -126,4 +130,10 @@ def load_suite(path: Path) -> dict[str, Any]:
         settings["batch_size"] = data["batch_size"]
     if "metric_from_hub" in data:
         settings["metric_from_hub"] = bool(data["metric_from_hub"])
+    if data.get("separator") is not None:
+        if not isinstance(data["separator"], str):
+            raise FlanError(f'{path}: separator must be a string (e.g. " " or "\\n\\n", quoted)')
+        settings["separator"] = data["separator"]
+    if "log_samples" in data:
+        settings["log_samples"] = bool(data["log_samples"])
     return settings

@@ -17,7 +17,8 @@ from typing import Any
 
 @dataclass(frozen=True)
 class LoglikelihoodRequest:
-    """Score ``continuation`` after ``context``; the continuation carries its own separator."""
+    """Score ``continuation`` after ``context`` (lm-eval's request). Only the continuation's own
+    tokens are scored; a separator belongs at the end of the context."""
 
     context: str
     continuation: str
@@ -58,6 +59,10 @@ class LM(ABC):
     @abstractmethod
     def generate(self, requests: list[GenerationRequest]) -> list[str]:
         """Each prompt's continuation (stripped, cut at its first stop string), in request order."""
+
+    def continuation_tokens(self, requests: list[LoglikelihoodRequest]) -> list[list[str]] | None:
+        """The tokens each request's log-likelihood sums over (for logged samples); None if unknown."""
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional: most backends hold nothing to free
         """Free what the model holds (weights, connections); the object is not used afterwards."""

@@ -6,7 +6,8 @@ and IA3 are merged into the weights, so scoring runs at the base model's speed;
 virtual-token adapters (prompt / prefix tuning, P-tuning) stay PEFT models.
 
 Scoring: requests that share a context are encoded together the lm-evaluation-harness way
-and scored with one pass over the context (``lm.scoring``). Generation: left-padded
+and scored with one pass over the context; only each continuation's own tokens are scored
+(``lm.scoring``). Generation: left-padded
 batches of similar length through ``model.generate``.
 """
 
@@ -154,6 +155,11 @@ class HFLM(LM):
             for i, row_scores in zip(batch, score_batch([rows[i] for i in batch]), strict=True):
                 scores[i] = row_scores
         return [scores[r][k] for r, k in where]
+
+    def continuation_tokens(self, requests: list[LoglikelihoodRequest]) -> list[list[str]]:
+        """The tokens each request's score sums over, as text (tokenization only, no model call)."""
+        rows, where = self.encode(requests)
+        return [[self.tokenizer.decode([t]) for t in rows[r].options[k]] for r, k in where]
 
     def loglikelihood(self, requests: list[LoglikelihoodRequest]) -> list[float]:
         from flan_builder.lm.scoring import score_rows

@@ -210,6 +210,9 @@ class ProxyLM(LM):
         # one tokenizer: the base's encoding and batches serve all three models
         return self.base.score_requests(requests, combined_scores)
 
+    def continuation_tokens(self, requests: list[LoglikelihoodRequest]) -> list[list[str]] | None:
+        return self.base.continuation_tokens(requests)  # the base's tokenization (token level: all three's)
+
     def generate(self, requests: list[GenerationRequest]) -> list[str]:
         if self.spec.level == "sequence":
             raise FlanError("sequence-level proxy-tuning only scores options (each model in its own "

@@ -1,17 +1,27 @@
-"""Rank classification: the log-likelihood of each option's tokens after the prompt.
+"""Rank classification: the log-likelihood of each option's own tokens after its context.
 
-Joining is the training one: the option is scored as ``separator + option`` after the
-prompt. Tokenization follows lm-evaluation-harness: encode ``prompt + continuation``
-together and score the tokens after ``len(encode(prompt))``, so a token that straddles
-the boundary is never split in a way the model never saw.
+The separator belongs to the context: an option is scored conditioned on ``prompt +
+separator``, over the option's own tokens only. Scoring the separator too would add the
+same few (often very unlikely) tokens to every option, and ``acc_norm``, which divides by
+the option's length, would then pick the longest option.
 
-The fast path (``logits_shared_prefix``) runs each prompt once, keeps its key/value cache,
+Tokenization follows lm-evaluation-harness (``LM._encode_pair``): the whole sequence
+``context + option`` is encoded once and split at the context's end, so no token is cut
+in a way the model never saw. The split is where the option's characters begin (the fast
+tokenizer's character offsets): the scored tokens are those that carry any of the
+option's characters. When the separator's whitespace merges into the option's first token
+(``" "`` + ``"True"`` is the one token ``" True"``), that token is scored whole, which is
+lm-eval's rule of moving the context's trailing whitespace onto the continuation; with the
+separator ``" "`` this gives exactly lm-eval's requests. A tokenizer without offsets splits
+after the most leading tokens that decode to a prefix of the context (the same place).
+
+The fast path (``logits_shared_prefix``) runs each context once, keeps its key/value cache,
 and runs every option of the row against a copy of that cache; only the positions that
 are scored go through the LM head. ``logits_full_sequences`` is the plain reference: one
-full forward pass per (prompt, option) pair, every position projected. Both return the
+full forward pass per (context, option) pair, every position projected. Both return the
 same numbers (tests check it to 1e-4); the reference is also the fallback for models
 that prepend virtual tokens (prompt tuning, prefix tuning, P-tuning), whose forward
-must go through PEFT.
+must go through PEFT, and for rows whose options do not share the context's tokens.
 """
 
 from __future__ import annotations
@@ -25,26 +35,60 @@ import torch
 
 @dataclass
 class Encoded:
-    """One row: prompt tokens and, per option, the tokens to score after them."""
+    """One row: context tokens and, per option, the tokens to score after them."""
 
     prompt: list[int]
     options: list[list[int]]
-    # False when some option's encoding changed the prompt's last tokens (boundary merge):
-    # the options then do not share one prefix and the row is scored sequence by sequence.
+    # False when the options' joint encodings do not all start with the same context tokens
+    # (a boundary merge): the row is then scored sequence by sequence from ``fulls``.
     shared: bool = True
     fulls: list[list[int]] | None = None
 
 
-def encode_row(tokenizer: Any, prompt: str, options: Sequence[str], separator: str) -> Encoded:
-    """Tokenize a row the lm-evaluation-harness way (whole sequence, split at the prompt length)."""
-    prompt_ids = tokenizer(prompt)["input_ids"]
-    fulls = tokenizer([prompt + separator + option for option in options])["input_ids"]
-    cut = len(prompt_ids)
-    scored = [full[cut:] for full in fulls]
+Split = tuple[list[list[int]], list[int]]  # joint encodings, and where each one's scored tokens begin
+
+
+def _split_by_offsets(tokenizer: Any, texts: list[str], start: int) -> Split | None:
+    """Scored tokens begin at the first token that ends past character ``start`` (carries a
+    character of the option). None when the tokenizer gives no character offsets."""
+    try:
+        encoded = tokenizer(texts, return_offsets_mapping=True)
+    except NotImplementedError:
+        return None
+    if "offset_mapping" not in encoded:
+        return None
+    cuts = [next((k for k, (_, end) in enumerate(offsets) if end > start), len(offsets))
+            for offsets in encoded["offset_mapping"]]
+    return encoded["input_ids"], cuts
+
+
+def _split_by_decoding(tokenizer: Any, texts: list[str], context: str) -> Split:
+    """Without offsets: the most leading tokens that decode to a prefix of the context (found from
+    the end, so only the option's few tokens are tried)."""
+    fulls = tokenizer(texts)["input_ids"]
+    cuts = []
+    for full in fulls:
+        cut = len(full)
+        while cut > 0 and not context.startswith(tokenizer.decode(
+                full[:cut], skip_special_tokens=True, clean_up_tokenization_spaces=False)):
+            cut -= 1
+        cuts.append(cut)
+    return fulls, cuts
+
+
+def encode_row(tokenizer: Any, prompt: str, options: Sequence[str], separator: str = "") -> Encoded:
+    """Tokenize a row the lm-evaluation-harness way (whole sequence, split where the option starts);
+    the context is ``prompt + separator`` and only the options' own tokens are scored."""
+    context = prompt + separator
+    texts = [context + option for option in options]
+    fulls, cuts = _split_by_offsets(tokenizer, texts, len(context)) or \
+        _split_by_decoding(tokenizer, texts, context)
+    scored = [full[cut:] for full, cut in zip(fulls, cuts, strict=True)]
     if any(not s for s in scored):
-        raise ValueError("an option encodes to no tokens after the prompt")
-    shared = all(full[:cut] == prompt_ids for full in fulls)
-    return Encoded(prompt_ids, scored, shared, fulls)
+        raise ValueError("an option encodes to no tokens after its context")
+    contexts = [full[:cut] for full, cut in zip(fulls, cuts, strict=True)]
+    shared = all(c == contexts[0] for c in contexts)
+    return Encoded(contexts[0], scored, shared, fulls)
 
 
 def _backbone_and_head(model: Any) -> tuple[Any, Any]:

@@ -47,6 +47,14 @@ def test_base_and_tuned_on_the_same_rows_with_a_report(tmp_path, tiny_model_dir,
     md = (out / "report.md").read_text()
     assert "Δ" in md and "mean of datasets" in md
     assert not (tmp_path / ".report.partial").exists()
+    # acc_norm beside acc: one column per model, its mean over templates on every dataset's line
+    header = next(line for line in md.splitlines() if line.startswith("| dataset"))
+    assert header.count("| acc_norm |") == 2
+    for d in results["datasets"]:
+        start = f"| {d['task']} | {'yes' if d['options'] else 'no'} |"
+        line = next(line for line in md.splitlines() if line.startswith(start))
+        assert f"| {d['acc_norm_mean']:.1f} |" in line
+    assert results["separator"] == "\n\n" and all(r["separator"] == "\n\n" for r in records)
 
 
 def test_interrupted_evaluation_resumes_without_recomputing(tmp_path, tiny_model_dir, toy_build,
@@ -73,6 +81,93 @@ def test_interrupted_evaluation_resumes_without_recomputing(tmp_path, tiny_model
                         lambda *a, **k: counted.append(1) or original(*a, **k))
     results = run.evaluate_models(_config(tmp_path, [tiny_model_dir], toy_build))
     assert len(results["records"]) == len(counted) + 2
+
+
+def test_log_samples_writes_every_rows_scores_and_predictions(tmp_path, tiny_model_dir, toy_build, capsys):
+    """--log-samples: one JSON line per row in samples/<model>/<task>/<template>.jsonl, with what
+    decided each prediction; they add up to the reported acc and acc_norm."""
+    from datasets import load_from_disk
+
+    from flan_builder.cli import main
+
+    out = tmp_path / "logged"
+    assert main(["eval", "--model", str(tiny_model_dir), "--data", str(toy_build), "--out", str(out),
+                 "--separator", " ", "--log-samples", "--options", "both"]) == 0
+    printed = capsys.readouterr().out
+    assert "| acc_norm |" in printed.splitlines()[0]
+    results = json.loads((out / "results.json").read_text())
+    assert results["separator"] == " " and results["log_samples"] is True
+    rows = {(r["task"], r["template_id"], r["source_index"]): r
+            for r in load_from_disk(str(toy_build))["heldout"] if not r["inverted"]}
+    model = str(tiny_model_dir)
+    for record in results["records"]:
+        path = out / record["samples"]
+        suffix = "" if record["options"] else ".no-options"
+        assert record["samples"] == f"samples/{tiny_model_dir.name}/{record['task']}/{record['template']}" \
+                                    f"{suffix}.jsonl"
+        lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        assert len(lines) == record["scores"]["n"]
+        for sample in lines:
+            assert (sample["model"], sample["task"], sample["template"], sample["with_options"]) == \
+                (model, record["task"], record["template"], record["options"])
+            row = rows[(record["task"], record["template"], sample["source_index"])]
+            assert sample["prompt"] == (row["prompt"] if record["options"] else row["input"])
+            assert sample["separator"] == " " and sample["gold"] == row["answer_index"]
+            assert [o["option"] for o in sample["options"]] == row["options"]
+            logprobs = [o["logprob"] for o in sample["options"]]
+            per_char = [o["logprob"] / o["chars"] for o in sample["options"]]
+            assert sample["pred"] == logprobs.index(max(logprobs))
+            assert sample["pred_norm"] == per_char.index(max(per_char))
+            for option in sample["options"]:
+                assert option["chars"] == len(option["option"]) and option["logprob"] < 0
+                # " " merges into the option's first token, so the scored text is " " + option
+                assert option["tokens"] == len(option["scored_tokens"]) >= 1
+                assert "".join(option["scored_tokens"]) == " " + option["option"]
+        for key in ("acc", "acc_norm"):
+            assert record["scores"][key] == pytest.approx(100 * sum(s[key] for s in lines) / len(lines))
+    assert not list(tmp_path.glob(".logged*"))
+
+
+def test_a_resumed_evaluation_redoes_what_another_separator_or_missing_samples_left(
+        tmp_path, tiny_model_dir, toy_build, monkeypatch):
+    from flan_builder.evaluation import evaluator as run
+
+    original = run.score_classification
+    calls = []
+
+    def failing_after_two(*args, **kwargs):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(run, "score_classification", failing_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        run.evaluate_models(_config(tmp_path, [tiny_model_dir], toy_build))  # "\n\n", no samples
+    counted = []
+    monkeypatch.setattr(run, "score_classification", lambda *a, **k: counted.append(1) or original(*a, **k))
+    results = run.evaluate_models(_config(tmp_path, [tiny_model_dir], toy_build, separator=" ",
+                                          log_samples=True))
+    assert len(counted) == len(results["records"])  # nothing reused from the "\n\n" run
+    assert all((tmp_path / "report" / r["samples"]).is_file() and r["separator"] == " "
+               for r in results["records"])
+    # the same separator, now asking for samples: groups logged without them are redone
+    calls.clear()
+    monkeypatch.setattr(run, "score_classification", failing_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        run.evaluate_models(_config(tmp_path, [tiny_model_dir], toy_build, overwrite=True))
+    counted.clear()
+    monkeypatch.setattr(run, "score_classification", lambda *a, **k: counted.append(1) or original(*a, **k))
+    again = run.evaluate_models(_config(tmp_path, [tiny_model_dir], toy_build, log_samples=True,
+                                        overwrite=True))
+    assert len(counted) == len(again["records"]) and again["separator"] == "\n\n"
+
+
+def test_bad_separator_escape_is_one_line(tmp_path, tiny_model_dir, toy_build):
+    done = _cli(["--model", str(tiny_model_dir), "--data", str(toy_build), "--out", str(tmp_path / "r"),
+                 "--separator", "\\x4"])
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1 and "--separator" in lines[0], done.stderr[-1500:]
 
 
 def _cli(args):
@@ -113,10 +208,15 @@ def test_generation_rows_are_decoded_and_scored_with_the_shipped_metric(tmp_path
     build(BuildConfig(heldout="qa", out=data, data_dir=FIXTURE_DATA, templates_dir=FIXTURE_TEMPLATES),
           registry=load_registry(FIXTURE_TEMPLATES))
     results = evaluate_models(_config(tmp_path, [tiny_model_dir], data, templates=2, limit=3,
-                                      batch_size=2))
+                                      batch_size=2, log_samples=True))
     assert results["records"] and all(r["metric"] == "exact_match" for r in results["records"])
     for record in results["records"]:
         assert set(record["scores"]) >= {"exact_match", "f1", "n"} and 1 <= record["scores"]["n"] <= 3
+        samples = [json.loads(line) for line in
+                   (tmp_path / "report" / record["samples"]).read_text(encoding="utf-8").splitlines()]
+        assert len(samples) == record["scores"]["n"]
+        assert [s["answer"] for s in samples][:3] == record["scores"]["examples"]
+        assert all(s["references"] and s["prompt"] for s in samples)
 
 
 @pytest.mark.parametrize(("module", "predictions", "references", "expected"), [
@@ -182,7 +282,8 @@ def test_tabular_regression_is_scored_by_rmse_and_kept_out_of_the_cluster_mean(t
     diabetes = next(d for d in summary["datasets"] if d["task"] == "diabetes")
     assert (diabetes["best"], diabetes["worst"], diabetes["best_template"]) == (60.0, 80.0, "t1")
     assert summary["clusters"] == [{"model": "m", "options": True, "cluster": "tabular", "mean": 60.0,
-                                    "datasets": 1}]  # iris alone: RMSE is not averaged with accuracy
+                                    "datasets": 1, "acc_norm_mean": 60.0}]  # iris alone: RMSE is not
+    # averaged with accuracy
 
 
 def test_every_shipped_suite_replays_its_training_recipe():
