@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from flan_builder.atomic import atomic_directory, check_output_free, write_json_atomic
+from flan_builder.contamination import DEFAULT_MODE, MODES, ContaminationCheck
 from flan_builder.errors import FlanError
 from flan_builder.heldout import SplitPlan, plan_split
 from flan_builder.manifest import (
@@ -63,6 +64,7 @@ class BuildConfig:
     num_proc: int = 1
     overwrite: bool = False
     templates_dir: Path | None = None
+    contamination: str = DEFAULT_MODE  # drop | report | fail: held-out text found in training rows
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -169,15 +171,40 @@ def _template_choice(spec: TaskSpec, mixing: MixingConfig) -> list[int]:
     return list(range(count))
 
 
-def _train_jobs(
-    plan: SplitPlan, loaded: dict[str, Rows], config: BuildConfig
-) -> tuple[list[_TaskJob], dict[str, dict[str, int]]]:
-    mixing = config.mixing
-    pools = {
-        spec.name: pool_indices(len(loaded[spec.name]), mixing.max_per_dataset,
+def _pools(plan: SplitPlan, loaded: dict[str, Rows], config: BuildConfig) -> dict[str, list[int]]:
+    """The distinct rows each training task may draw from (FLAN's per-dataset cap)."""
+    return {
+        spec.name: pool_indices(len(loaded[spec.name]), config.mixing.max_per_dataset,
                                 task_rng(config.seed, spec.name, "pool"))
         for spec in plan.train_tasks
     }
+
+
+def _clean_train_jobs(
+    plan: SplitPlan, loaded: dict[str, Rows], config: BuildConfig, check: ContaminationCheck
+) -> tuple[list[_TaskJob], dict[str, dict[str, int]]]:
+    """Draw the mixture and check the drawn rows against the held-out ones.
+
+    ``drop``: overlapping rows leave their pool and the mixture is drawn again (only rows not
+    seen before are checked), until every drawn row is clean.
+    """
+    pools = _pools(plan, loaded, config)
+    while True:
+        jobs, sizes = _train_jobs(plan, loaded, config, pools)
+        found = {job.spec.name: check.scan(job.spec.name, job.spec.fields, job.indices, job.rows)
+                 for job in jobs}
+        if config.contamination == "fail" and check.found:
+            raise FlanError(check.fail_message())
+        if config.contamination != "drop" or not any(found.values()):
+            return jobs, sizes
+        for task, rows in found.items():
+            pools[task] = [i for i in pools[task] if i not in rows]
+
+
+def _train_jobs(
+    plan: SplitPlan, loaded: dict[str, Rows], config: BuildConfig, pools: dict[str, list[int]]
+) -> tuple[list[_TaskJob], dict[str, dict[str, int]]]:
+    mixing = config.mixing
     counts = mixture_counts({t: len(p) for t, p in pools.items()}, mixing.rate_cap, mixing.total)
     jobs, sizes = [], {}
     for spec in plan.train_tasks:
@@ -271,6 +298,8 @@ def build(config: BuildConfig, registry: Registry | None = None) -> BuildResult:
     started = time.perf_counter()
     if config.style not in OUTPUT_STYLES:
         raise FlanError(f"--as must be one of {', '.join(OUTPUT_STYLES)}")
+    if config.contamination not in MODES:
+        raise FlanError(f"--contamination must be one of {', '.join(MODES)} (got {config.contamination!r})")
     for fmt in config.export_formats:
         if fmt not in EXPORT_FORMATS:
             raise FlanError(f"--format must be one of {', '.join(EXPORT_FORMATS)} (got {fmt!r})")
@@ -286,8 +315,10 @@ def build(config: BuildConfig, registry: Registry | None = None) -> BuildResult:
 
     train_rows = _load_all(plan.train_tasks, "train", config.data_dir)
     heldout_rows = _load_all(plan.heldout_tasks, "eval", config.data_dir)
-    train_jobs, train_sizes = _train_jobs(plan, train_rows, config)
     heldout_jobs, heldout_sizes = _heldout_jobs(plan, heldout_rows, config)
+    contamination = ContaminationCheck([(j.spec.name, j.spec.fields, j.indices, j.rows)
+                                        for j in heldout_jobs], config.contamination)
+    train_jobs, train_sizes = _clean_train_jobs(plan, train_rows, config, contamination)
     rendered_train = _run_jobs(train_jobs, config.num_proc, "rendering train", renderers)
     rendered_heldout = _run_jobs(heldout_jobs, config.num_proc, "rendering heldout", renderers)
 
@@ -336,6 +367,7 @@ def build(config: BuildConfig, registry: Registry | None = None) -> BuildResult:
         # so a built dataset carries it wherever it travels
         "evaluation": {spec.name: registry.evaluation(spec).to_json() for spec in plan.heldout_tasks},
         "counts": {name: _counts(rows) for name, rows in splits.items()},
+        "contamination": contamination.to_json(plan.shares_source),
         "content_hash": {**hashes, "all": content_hash([hashes])},
     }
     _write(config, splits, manifest, started)

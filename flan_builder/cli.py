@@ -170,6 +170,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         num_proc=args.num_proc,
         overwrite=args.overwrite,
         templates_dir=args.templates_dir,
+        contamination=args.contamination,
     )
     result = build(config)
     manifest = result.manifest
@@ -181,6 +182,10 @@ def cmd_build(args: argparse.Namespace) -> int:
     if manifest["split_plan"]["blocked_clusters"]:
         print(f"held out: {manifest['heldout_cluster']}; removed from training: "
               f"{', '.join(manifest['split_plan']['blocked_clusters'])}")
+    from flan_builder.contamination import summary_line
+
+    if summary := summary_line(manifest["contamination"]):
+        print(summary)
     print(f"content hash {manifest['content_hash']['all'][:16]}, {manifest['wall_time_s']} s "
           f"-> {result.out}")
     if args.push_to_hub:
@@ -314,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     bld.add_argument("--max-eval-rows", type=positive_int, default=None,
                      help="held-out rows per dataset (seeded sample; default all)")
     bld.add_argument("--num-proc", type=positive_int, default=1, help="render tasks in N processes")
+    bld.add_argument("--contamination", choices=("drop", "report", "fail"), default="drop",
+                     help="held-out rows whose text (13-grams) is in training rows: drop those "
+                          "training rows (default), only report them, or fail")
     bld.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     bld.add_argument("--push-to-hub", metavar="USER/NAME", help="publish with a dataset card")
     bld.add_argument("--public", action="store_true", help="publish publicly (default: private)")

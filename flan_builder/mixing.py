@@ -59,6 +59,8 @@ def pool_indices(size: int, max_rows: int, rng: random.Random) -> list[int]:
 
 def draw_rows(pool: list[int], count: int, rng: random.Random) -> list[int]:
     """``count`` row indices from ``pool``: whole shuffled passes, then a partial one."""
+    if not pool:  # every row of the task was dropped (contamination): nothing to draw
+        return []
     drawn: list[int] = []
     while len(drawn) + len(pool) <= count:
         epoch = pool[:]
