@@ -320,7 +320,9 @@ def summary_line(record: dict[str, Any]) -> str | None:
     parts = [f"{name} {h['rows_overlapping']}/{h['rows_checked']} ({', '.join(h['training_tasks'])})"
              for name, h in heldout.items() if h["rows_overlapping"]]
     if record["mode"] == "drop":
-        tail = f"{sum(record['training_rows_dropped'].values()):,} training rows dropped"
+        rows = sum(record["training_rows_dropped"].values())
+        tail = f"{rows:,} training row{'s' if rows != 1 else ''} dropped"
     else:
-        tail = f"{sum(record['training_rows_overlapping'].values()):,} overlapping training rows kept"
+        rows = sum(record["training_rows_overlapping"].values())
+        tail = f"{rows:,} overlapping training row{'s' if rows != 1 else ''} kept"
     return head + f"{overlapping:,} of {checked:,} held-out rows overlap training: {'; '.join(parts)}; {tail}"
