@@ -7,8 +7,8 @@
 - A dataset that sits in more than one cluster leaves training when any of its
   clusters is held out (or is a sibling of the held-out one).
 - Two datasets made from the same source text (``shares_source_with:`` in a spec: WNLI and
-  WSC) may sit in different clusters; the one in training keeps only its rows that share no
-  text with the held-out one's (``flan_builder.contamination``, run by the build).
+  WSC) may sit in different clusters; the build's content check (``flan_builder.contamination``)
+  finds the training rows that hold held-out text and, by default, drops them.
 """
 
 from __future__ import annotations
