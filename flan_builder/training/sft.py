@@ -22,6 +22,8 @@ from transformers.trainer_callback import ProgressCallback
 from trl import SFTTrainer
 from trl.trainer.utils import FusedCausalLMOutput
 
+from flan_builder.lm.scoring import cache_keyword
+
 
 def _supports_compact_head(model: Any) -> bool:
     config = model.config.get_text_config()
@@ -48,6 +50,8 @@ def install_compact_lm_head(model: Any) -> bool:
             return fused_forward(*args, labels=labels, shift_labels=shift_labels,
                                  num_items_in_batch=num_items_in_batch, **kwargs)
         kwargs["use_cache"] = False
+        if "past_key_values" in kwargs:  # PEFT's prefix tuning hands its prefix over under the old name
+            kwargs[cache_keyword(self.base_model)] = kwargs.pop("past_key_values")
         hidden = self.base_model(*args, **kwargs).last_hidden_state
         if shift_labels is None:
             hidden, labels = hidden[:, :-1], labels[:, 1:]
