@@ -7,6 +7,7 @@ Phases: plan the split (held-out rules) -> load each task's rows -> decide count
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
@@ -34,6 +35,7 @@ from flan_builder.mixing import (
     pool_indices,
     task_rng,
 )
+from flan_builder.processes import exit_with_parent
 from flan_builder.progress import progress, quiet_datasets_unless_terminal
 from flan_builder.sources import Rows, load_split
 from flan_builder.specs import Registry, TaskSpec, load_registry
@@ -250,7 +252,8 @@ def _run_jobs(
     results: dict[str, list[dict[str, Any]]] = {}
     with progress(total=len(jobs), desc=desc, unit="task") as bar:
         if num_proc > 1 and len(jobs) > 1:
-            with ProcessPoolExecutor(max_workers=num_proc) as pool:
+            with ProcessPoolExecutor(max_workers=num_proc, initializer=exit_with_parent,
+                                     initargs=(os.getpid(),)) as pool:
                 for job, records in zip(jobs, pool.map(_render_job, jobs), strict=True):
                     results[job.spec.name] = records
                     bar.update()
