@@ -41,12 +41,16 @@ class TrainResult:
 
 
 def _complete(checkpoint: Path, step: int) -> bool:
-    """Trainer writes trainer_state.json after the weights, optimizer and RNG state."""
+    """Trainer writes trainer_state.json after the weights, optimizer and RNG state; our run
+    totals (tokens seen, loss sum) come last."""
+    from flan_builder.training.sft import read_run_totals
+
     try:
         state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+        totals = read_run_totals(checkpoint)
     except (OSError, ValueError):
         return False
-    return state.get("global_step") == step
+    return state.get("global_step") == step == totals.get("step")
 
 
 def last_checkpoint(work: Path) -> Path | None:
@@ -225,8 +229,12 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> T
               f"({data.dropped_truncated} dropped: completion beyond max_length, "
               f"{data.truncated} cut short); {'padding-free' if padding_free else 'padded'} batches",
               file=sys.stderr)
+    if checkpoint:
+        trainer.resume_totals_from(checkpoint)
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     trainer.accelerator.wait_for_everyone()
+    steps = trainer.state.global_step
+    segment = steps - (int(checkpoint.name.split("-")[1]) if checkpoint else 0)
 
     history = trainer.state.log_history
     losses = [(h["step"], h["loss"]) for h in history if "loss" in h]
@@ -247,7 +255,8 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> T
         "steps": trainer.state.global_step,
         "epochs": trainer.state.epoch,
         "final_loss": losses[-1][1] if losses else None,
-        "train_loss": result.training_loss,
+        # mean per-step loss over the whole run (transformers' training_loss: this segment only)
+        "train_loss": (trainer.resumed_totals["loss_sum"] + result.training_loss * segment) / max(steps, 1),
         "loss_curve": losses,
         "tokens_seen": trainer.tokens_seen,
         "resumed_from": str(checkpoint) if checkpoint else None,

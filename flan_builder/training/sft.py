@@ -6,6 +6,9 @@
   forward, and prompts are most of each sequence. We project only the scored positions,
   on every device.
 * A progress bar that shows loss and tokens/s instead of printing a dict per log step.
+* Run totals that survive a resume: transformers and TRL count tokens seen and the loss sum
+  for the current process only, so a resumed run would report its last segment. Each
+  checkpoint records the totals so far (``flan_totals.json``) and a resumed run adds to them.
 
 Everything else (tokenization, completion masks, collators, checkpoints, resume) is
 TRL's and transformers' own.
@@ -13,12 +16,14 @@ TRL's and transformers' own.
 
 from __future__ import annotations
 
+import json
 import time
 import types
+from pathlib import Path
 from typing import Any
 
 import torch
-from transformers.trainer_callback import ProgressCallback
+from transformers.trainer_callback import ProgressCallback, TrainerCallback
 from trl import SFTTrainer
 from trl.trainer.utils import FusedCausalLMOutput
 
@@ -91,9 +96,46 @@ class FlanSFTTrainer(SFTTrainer):
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         self.compact_lm_head = compact_lm_head and install_compact_lm_head(base)
 
+        self.resumed_totals = {"tokens_seen": 0, "loss_sum": 0.0}
+        self.add_callback(_SaveRunTotals(self))
+
     @property
     def tokens_seen(self) -> int:
-        return int(self._total_train_tokens)
+        """Tokens trained on over the whole run, earlier segments of a resumed run included."""
+        return self.resumed_totals["tokens_seen"] + int(self._total_train_tokens)
+
+    def loss_sum(self) -> float:
+        """The sum of per-step training losses so far in the whole run (transformers' own
+        running sum covers this process's steps only)."""
+        return self.resumed_totals["loss_sum"] + self._total_loss_scalar + float(self._tr_loss.item())
+
+    def resume_totals_from(self, checkpoint: Path) -> None:
+        self.resumed_totals = read_run_totals(checkpoint)
+
+
+TOTALS_FILE = "flan_totals.json"
+
+
+def read_run_totals(checkpoint: Path) -> dict[str, Any]:
+    return json.loads((Path(checkpoint) / TOTALS_FILE).read_text(encoding="utf-8"))
+
+
+class _SaveRunTotals(TrainerCallback):
+    """Write the run's totals into each checkpoint right after transformers saved it."""
+
+    def __init__(self, trainer: FlanSFTTrainer) -> None:
+        self.trainer = trainer
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not state.is_world_process_zero:
+            return
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if folder.is_dir():
+            totals = {"step": state.global_step, "tokens_seen": self.trainer.tokens_seen,
+                      "loss_sum": self.trainer.loss_sum()}
+            tmp = folder / f".{TOTALS_FILE}.tmp"
+            tmp.write_text(json.dumps(totals), encoding="utf-8")
+            tmp.replace(folder / TOTALS_FILE)
 
 
 class LossProgressCallback(ProgressCallback):
