@@ -244,6 +244,12 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_lm_eval(args: argparse.Namespace) -> int:
+    from flan_builder.evaluation.export import export_from_args
+
+    return export_from_args(args, args.templates_dir)
+
+
 # -- parser ------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -344,6 +350,18 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="the models this machine can load, and where from",
                             epilog="example:\n  flan models")
     models.set_defaults(func=cmd_models)
+
+    from flan_builder.evaluation.export import EPILOG as EXPORT_EPILOG
+    from flan_builder.evaluation.export import HELP as EXPORT_HELP
+    from flan_builder.evaluation.export import add_arguments as add_export_arguments
+
+    export = sub.add_parser("export", help="write the held-out tasks for another evaluation tool")
+    targets = export.add_subparsers(dest="export_target", metavar="TOOL", required=True)
+    lm_eval = targets.add_parser("lm-eval", help=EXPORT_HELP, epilog=EXPORT_EPILOG)
+    add_export_arguments(lm_eval)
+    _add_data_dir(lm_eval)
+    _add_common(lm_eval)
+    lm_eval.set_defaults(func=cmd_export_lm_eval)
 
     for register in _extra_commands():
         register(sub)
