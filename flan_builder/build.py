@@ -64,14 +64,18 @@ class BuildConfig:
     with_clusters: list[str] | None = None  # opt-in clusters to train on too (tabular)
     max_eval_rows: int | None = None
     num_proc: int = 1
+    eval_only: bool = False  # only the held-out split: evaluate tasks without training on any
     overwrite: bool = False
-    templates_dir: Path | None = None
+    templates_dir: Path | list[Path] | None = None  # a folder, or a search path
     contamination: str = DEFAULT_MODE  # drop | report | fail: held-out text found in training rows
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
-        for key in ("out", "data_dir", "templates_dir"):
+        for key in ("out", "data_dir"):
             data[key] = str(data[key]) if data[key] is not None else None
+        folders = self.templates_dir
+        data["templates_dir"] = ([str(f) for f in folders] if isinstance(folders, (list, tuple))
+                                 else str(folders) if folders is not None else None)
         data["export_formats"] = list(self.export_formats)
         return data
 
@@ -309,7 +313,8 @@ def build(config: BuildConfig, registry: Registry | None = None) -> BuildResult:
     check_output_free(Path(config.out), config.overwrite)
     registry = registry or load_registry(config.templates_dir)
     plan = plan_split(registry, config.heldout, train_clusters=config.train_clusters,
-                      tasks=config.tasks, with_clusters=config.with_clusters)
+                      tasks=config.tasks, with_clusters=config.with_clusters,
+                      eval_only=config.eval_only)
     # Compile every template before loading any data: a syntax error should fail in seconds.
     renderers = {
         spec.name: TaskRenderer(spec, with_options=config.with_options, separator=config.separator)
@@ -362,7 +367,7 @@ def build(config: BuildConfig, registry: Registry | None = None) -> BuildResult:
         "templates": {
             spec.name: {"count": len(spec.templates),
                         "inverted": sum(t.inverted for t in spec.templates),
-                        "file": str(spec.path.relative_to(registry.root)),
+                        "file": registry.relative_path(spec),
                         "sha256": hashlib.sha256(spec.path.read_bytes()).hexdigest()}
             for spec in (renderer.spec for renderer in renderers.values())
         },
@@ -397,7 +402,9 @@ def _write(
             )
             for name, rows in splits.items()
         })
-        dataset.save_to_disk(str(tmp))
+        # An empty split (an evaluation-only build's train) must still be one shard: with none,
+        # datasets.load_from_disk fails on it (IndexError).
+        dataset.save_to_disk(str(tmp), num_shards={name: 1 for name, rows in splits.items() if not rows})
         for fmt in config.export_formats:
             data_dir = tmp / "data"
             data_dir.mkdir(exist_ok=True)

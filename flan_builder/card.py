@@ -32,8 +32,9 @@ def card_metadata(manifest: dict[str, Any], registry: Registry) -> dict[str, Any
     tasks = sorted(manifest["sources"])
     missing = [t for t in tasks if t not in registry.tasks]
     if missing:
+        searched = ", ".join(map(str, registry.roots or (registry.root,)))
         raise FlanError(f"the dataset was built from task(s) {', '.join(missing)} that are not in "
-                        f"{registry.root}; pass the --templates-dir it was built with")
+                        f"{searched}; pass the --templates-dir it was built with")
     specs = [registry.tasks[t] for t in tasks]
     licenses = sorted({s.license if s.license in HUB_LICENSES else "other" for s in specs})
     categories = sorted({"text-generation"} | {

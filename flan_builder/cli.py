@@ -40,8 +40,24 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--templates-dir", type=Path, default=None,
-                        help="task specs root (default: $FLAN_TEMPLATES_DIR, else the shipped templates/)")
+    parser.add_argument("--templates-dir", type=Path, action="append", default=None, metavar="DIR",
+                        help="a folder of your own task specs (<cluster>/<task>.yaml), searched before "
+                             "the shipped templates ($FLAN_TEMPLATES_DIR, else templates/): adds tasks, "
+                             "or replaces a shipped task of the same name (repeatable)")
+    parser.add_argument("--no-shipped-templates", action="store_true",
+                        help="use only the --templates-dir folders, not the shipped templates")
+
+
+def template_roots(args: argparse.Namespace) -> list[Path] | None:
+    """The task-spec search path: the user's folders first, the shipped templates last."""
+    from flan_builder.specs import default_templates_dir
+
+    mine = list(args.templates_dir or [])
+    if args.no_shipped_templates:
+        if not mine:
+            raise FlanError("--no-shipped-templates needs at least one --templates-dir")
+        return mine
+    return [*mine, default_templates_dir()] if mine else None
 
 
 def _add_data_dir(parser: argparse.ArgumentParser) -> None:
@@ -56,7 +72,7 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     from flan_builder.sources import available_roles, resolve_data_dir
     from flan_builder.specs import load_registry
 
-    registry = load_registry(args.templates_dir)
+    registry = load_registry(template_roots(args))
     data_dir = resolve_data_dir(args.data_dir)
     specs = list(registry.tasks.values())
     if args.cluster:
@@ -88,7 +104,7 @@ def cmd_templates_show(args: argparse.Namespace) -> int:
     from flan_builder.specs import load_registry
     from flan_builder.templating import TaskRenderer
 
-    registry = load_registry(args.templates_dir)
+    registry = load_registry(template_roots(args))
     spec = registry.task(args.task)
     data_dir = resolve_data_dir(args.data_dir)
     role = args.split or ("train" if "train" in spec.source.splits else "eval")
@@ -122,7 +138,7 @@ def cmd_templates_lint(args: argparse.Namespace) -> int:
     from flan_builder.sources import resolve_data_dir
     from flan_builder.specs import load_registry
 
-    registry = load_registry(args.templates_dir)
+    registry = load_registry(template_roots(args))
     data_dir = resolve_data_dir(args.data_dir)
     specs = [registry.task(t) for t in args.task] if args.task else list(registry.tasks.values())
     issues = []
@@ -168,8 +184,9 @@ def cmd_build(args: argparse.Namespace) -> int:
         with_clusters=args.with_clusters,
         max_eval_rows=args.max_eval_rows,
         num_proc=args.num_proc,
+        eval_only=args.eval_only,
         overwrite=args.overwrite,
-        templates_dir=args.templates_dir,
+        templates_dir=template_roots(args),
         contamination=args.contamination,
     )
     result = build(config)
@@ -193,7 +210,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         from flan_builder.specs import load_registry
 
         url = push(result.out, args.push_to_hub, public=args.public,
-                   registry=load_registry(args.templates_dir))
+                   registry=load_registry(template_roots(args)))
         print(f"published ({'public' if args.public else 'private'}): {url}")
     return 0
 
@@ -203,7 +220,7 @@ def cmd_push(args: argparse.Namespace) -> int:
     from flan_builder.specs import load_registry
 
     url = push(Path(args.dataset), args.repo_id, public=args.public,
-               registry=load_registry(args.templates_dir))
+               registry=load_registry(template_roots(args)))
     print(f"published ({'public' if args.public else 'private'}): {url}")
     return 0
 
@@ -212,7 +229,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     from flan_builder.resources import shipped, shipped_dir
     from flan_builder.specs import load_registry
 
-    registry = load_registry(args.templates_dir)
+    registry = load_registry(template_roots(args))
     items = shipped()
     width = max(len(item.name) for item in items)
     sections = (("train", "training recipes: flan train NAME"),
@@ -318,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     bld.add_argument("--format", action="append", choices=("parquet", "jsonl"),
                      help="also export each split as parquet / jsonl under data/ (repeatable)")
     bld.add_argument("--tasks", type=comma_list, default=None, help="train only on these tasks (comma list)")
+    bld.add_argument("--eval-only", action="store_true",
+                     help="build only the held-out split (of --heldout's tasks, or those in --tasks): "
+                          "evaluate a task without training on anything")
     bld.add_argument("--train-clusters", type=comma_list, default=None,
                      help="train only on these clusters (ablation: number of clusters)")
     bld.add_argument("--with", dest="with_clusters", type=comma_list, default=None, metavar="CLUSTERS",

@@ -51,12 +51,16 @@ def plan_split(
     train_clusters: list[str] | None = None,
     tasks: list[str] | None = None,
     with_clusters: list[str] | None = None,
+    eval_only: bool = False,
 ) -> SplitPlan:
     """Apply the held-out rules to every task in the registry.
 
     Opt-in tasks (the tabular cluster) train only when their cluster is in ``with_clusters``
-    or the task is named in ``tasks``.
+    or the task is named in ``tasks``. ``eval_only``: nothing trains; the held-out split holds
+    the held-out cluster's tasks (those named in ``tasks``, when given).
     """
+    if eval_only and heldout in (None, NO_HELDOUT):
+        raise FlanError("--eval-only needs --heldout CLUSTER: the cluster whose tasks are evaluated")
     if heldout in (None, NO_HELDOUT):
         heldout = None
     else:
@@ -110,10 +114,17 @@ def plan_split(
     ]
     if heldout is not None and not evaluated:
         raise FlanError(f"held-out cluster {heldout} has no task with an evaluation split")
-    if wanted is not None and not train:  # would write an empty train split and say nothing
+    if eval_only:
+        excluded.update({spec.name: "--eval-only" for spec in train})
+        train = []
+        evaluated = [s for s in evaluated if wanted is None or s.name in wanted]
+        if not evaluated:
+            raise FlanError(f"--eval-only: no task of cluster {heldout} with an evaluation split is "
+                            "named in --tasks")
+    elif wanted is not None and not train:  # would write an empty train split and say nothing
         reasons = "; ".join(f"{name}: {excluded.get(name, 'not trainable')}" for name in sorted(wanted))
         raise FlanError(f"--tasks leaves nothing to train on ({reasons}); name a task that trains, "
-                        "or hold out another cluster")
+                        "hold out another cluster, or pass --eval-only to build only the held-out split")
     if not train and heldout is None:
         raise FlanError("no task is left for training; check --tasks / --train-clusters")
     evaluated_names = {s.name for s in evaluated}

@@ -55,13 +55,14 @@ def lint_static(
     issues: list[LintIssue] = []
     if len(spec.templates) < min_templates:
         issues.append(LintIssue(spec.name, None, f"only {len(spec.templates)} template(s); "
-                                f"at least {min_templates} are required"))
+                                f"at least {min_templates} are required (FLAN's rule; --min-templates N "
+                                "relaxes it for a task of your own)"))
     inverted = sum(t.inverted for t in spec.templates)
     # A table row is not a sensible thing to ask a model to write: tabular tasks (LIFT) have
     # no inverted templates.
     if inverted < min_inverted and spec.source.tabular is None:
         issues.append(LintIssue(spec.name, None, f"only {inverted} inverted template(s); "
-                                f"at least {min_inverted} are required"))
+                                f"at least {min_inverted} are required (--min-inverted N relaxes it)"))
     seen_ids: set[str] = set()
     seen_text: dict[str, str] = {}
     for template in spec.templates:

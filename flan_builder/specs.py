@@ -11,6 +11,7 @@ validates them, it never executes them.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -436,6 +437,17 @@ class Registry:
     tasks: dict[str, TaskSpec]
     root: Path
     cluster_files: dict[str, ClusterSpec] = field(default_factory=dict)
+    roots: tuple[Path, ...] = ()  # the search path, first folder first
+    shadowed: dict[str, Path] = field(default_factory=dict)  # task -> the later spec it hides
+
+    def relative_path(self, spec: TaskSpec) -> str:
+        """The spec file's path inside the templates folder that holds it."""
+        for folder in self.roots or (self.root,):
+            try:
+                return str(spec.path.relative_to(folder))
+            except ValueError:
+                continue
+        return str(spec.path)
 
     @property
     def clusters(self) -> list[str]:
@@ -485,31 +497,49 @@ class Registry:
         return cluster
 
 
-def load_registry(root: Path | None = None) -> Registry:
-    """Discover and validate every ``<cluster>/<task>.yaml`` under ``root``."""
-    root = Path(root) if root is not None else default_templates_dir()
-    if not root.is_dir():
-        raise FlanError(
-            f"templates directory {root} not found; pass --templates-dir or set {TEMPLATES_DIR_ENV}"
-        )
+def load_registry(root: Path | Sequence[Path] | None = None) -> Registry:
+    """Discover and validate every ``<cluster>/<task>.yaml`` under ``root``.
+
+    ``root`` may be a search path: a task (or ``_cluster.yaml``) in an earlier folder
+    shadows one of the same name in a later folder, so a user's folder placed before the
+    shipped templates adds tasks to them or replaces single ones.
+    """
+    if root is None:
+        roots = [default_templates_dir()]
+    elif isinstance(root, (str, Path)):
+        roots = [Path(root)]
+    else:
+        roots = [Path(r) for r in root]
     tasks: dict[str, TaskSpec] = {}
-    clusters = {path.parent.name: load_cluster(path) for path in sorted(root.glob(f"*/{CLUSTER_FILE}"))
-                if path.is_file()}
-    for path in sorted(root.glob("*/*.yaml")):
-        if path.name.startswith("_"):  # cluster facts and shared pieces (serialisations), not tasks
-            continue
-        spec = load_spec(path)
-        if spec.cluster != path.parent.name:
-            raise _fail(path, None, f"task {spec.name}: cluster {spec.cluster!r} but the file is "
-                        f"under {path.parent.name}/; move the file or fix 'cluster'")
-        if spec.name in tasks:
-            raise _fail(path, None, f"task {spec.name} is also defined in {tasks[spec.name].path}")
-        tasks[spec.name] = spec
+    clusters: dict[str, ClusterSpec] = {}
+    shadowed: dict[str, Path] = {}
+    for folder in roots:
+        if not folder.is_dir():
+            raise FlanError(f"templates directory {folder} not found; pass --templates-dir or set "
+                            f"{TEMPLATES_DIR_ENV}")
+        for path in sorted(folder.glob(f"*/{CLUSTER_FILE}")):
+            if path.is_file():
+                clusters.setdefault(path.parent.name, load_cluster(path))
+        here: dict[str, TaskSpec] = {}
+        for path in sorted(folder.glob("*/*.yaml")):
+            if path.name.startswith("_"):  # cluster facts and shared pieces (serialisations), not tasks
+                continue
+            if not path.is_file():
+                raise FlanError(f"{path} is a folder, not a task spec; rename it (a spec is a file "
+                                "<cluster>/<task>.yaml)")
+            spec = load_spec(path)
+            if spec.cluster != path.parent.name:
+                raise _fail(path, None, f"task {spec.name}: cluster {spec.cluster!r} but the file is "
+                            f"under {path.parent.name}/; move the file or fix 'cluster'")
+            if spec.name in here:
+                raise _fail(path, None, f"task {spec.name} is also defined in {here[spec.name].path}")
+            here[spec.name] = spec
+        for name, spec in here.items():
+            if name in tasks:
+                shadowed[name] = spec.path  # an earlier folder on the search path wins
+            else:
+                tasks[name] = spec
     if not tasks:
-        raise FlanError(f"no task specs (<cluster>/<task>.yaml) found under {root}")
-    for spec in tasks.values():
-        unknown = [name for name in spec.shares_source_with if name not in tasks]
-        if unknown:
-            raise _fail(spec.path, None, f"task {spec.name}: shares_source_with names unknown "
-                        f"task(s) {', '.join(unknown)}; valid tasks: {', '.join(sorted(tasks))}")
-    return Registry(tasks=dict(sorted(tasks.items())), root=root, cluster_files=clusters)
+        raise FlanError(f"no task specs (<cluster>/<task>.yaml) found under {', '.join(map(str, roots))}")
+    return Registry(tasks=dict(sorted(tasks.items())), root=roots[0], cluster_files=clusters,
+                    roots=tuple(roots), shadowed=shadowed)

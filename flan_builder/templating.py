@@ -248,6 +248,8 @@ def _render_error(
     exc: Exception, where: str, row: Mapping[str, Any], fix: str
 ) -> TemplateRenderError:
     """A Jinja failure on a row, as a message naming what failed and what to fix."""
+    if isinstance(exc, MissingKeyError):
+        return TemplateRenderError(f"{where}: {exc}")
     if isinstance(exc, jinja2.UndefinedError):
         return TemplateRenderError(
             f"{where}: missing field '{_undefined_name(exc)}' (the row has: "
@@ -265,6 +267,11 @@ class _Expression:
 
     def __init__(self, env: SandboxedEnvironment, source: str) -> None:
         self.source = source.strip()
+        if self.source.startswith("{{") and self.source.endswith("}}"):
+            inner = self.source[2:-2].strip()
+            raise jinja2.TemplateSyntaxError(
+                f"{self.source!r} is wrapped in {{{{ }}}}, but options/answer/references are bare "
+                f"expressions: drop the braces ({inner!r})", 1)
         if _IDENTIFIER.fullmatch(self.source):
             name = self.source
             self._call: Callable[[Mapping[str, Any]], Any] = lambda ctx: ctx[name]
@@ -289,8 +296,18 @@ class _Expression:
         except KeyError:
             raise jinja2.UndefinedError(f"'{self._name}' is undefined") from None
         if isinstance(value, jinja2.Undefined):
+            owner = getattr(value, "_undefined_obj", jinja2.utils.missing)
+            if isinstance(owner, Mapping):  # e.g. {'entailment': 0}[label] with a label not in the map
+                keys = ", ".join(repr(k) for k in list(owner)[:10])
+                raise MissingKeyError(f"{self.source!r}: the row's value {value._undefined_name!r} is "
+                                      f"not a key of the mapping ({keys}); add it to the map in the "
+                                      "spec or fix the row")
             value._fail_with_undefined_error()
         return value
+
+
+class MissingKeyError(jinja2.UndefinedError):
+    """A spec expression looked up a key its mapping lacks (not a missing field)."""
 
 
 class _CompiledTemplate:

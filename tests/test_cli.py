@@ -19,7 +19,7 @@ from tests.helpers import (
     write_rows,
 )
 
-FIX = ["--templates-dir", str(FIXTURE_TEMPLATES)]
+FIX = ["--templates-dir", str(FIXTURE_TEMPLATES), "--no-shipped-templates"]
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -100,7 +100,8 @@ def test_missing_data_dir_split_and_dataset(capsys, tmp_path):
 def _broken_registry(tmp_path, template: str, rows: list[dict]):
     write_choice_spec(tmp_path / "t", "bad", "suspect", template)
     write_rows(tmp_path / "d", "bad", "train", rows)
-    return ["--templates-dir", str(tmp_path / "t"), "--data-dir", str(tmp_path / "d"),
+    return ["--templates-dir", str(tmp_path / "t"), "--no-shipped-templates",
+            "--data-dir", str(tmp_path / "d"),
             "--out", str(tmp_path / "o"), "--all-templates"]
 
 
@@ -189,7 +190,8 @@ def test_import_and_build_do_not_import_torch(tmp_path):
         "import flan_builder\n"
         "from flan_builder.cli import main\n"
         f"code = main(['build', '--heldout', 'nli', '--data-dir', {str(FIXTURE_DATA)!r}, "
-        f"'--out', {str(tmp_path / 'o')!r}, '--templates-dir', {str(FIXTURE_TEMPLATES)!r}])\n"
+        f"'--out', {str(tmp_path / 'o')!r}, '--templates-dir', {str(FIXTURE_TEMPLATES)!r}, "
+        "'--no-shipped-templates'])\n"
         "assert code == 0, code\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
         "print('ok')\n"

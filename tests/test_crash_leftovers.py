@@ -23,7 +23,7 @@ from tests.helpers import (
     requires_shared_data,
 )
 
-FIX = ["--templates-dir", str(FIXTURE_TEMPLATES), "--data-dir", str(FIXTURE_DATA)]
+FIX = ["--templates-dir", str(FIXTURE_TEMPLATES), "--no-shipped-templates", "--data-dir", str(FIXTURE_DATA)]
 
 
 def build(capsys, out, *extra):

@@ -15,6 +15,8 @@ from flan_builder.publish import stage
 from flan_builder.specs import load_registry
 from tests.helpers import FIXTURE_DATA, FIXTURE_TEMPLATES, SHARED_DATA, requires_shared_data
 
+FIXTURES_ONLY = ["--templates-dir", str(FIXTURE_TEMPLATES), "--no-shipped-templates"]
+
 TOKEN = "hf_SeCrEtToKeN0123456789"
 
 
@@ -87,7 +89,7 @@ def hub(monkeypatch):
 
 def test_push_is_private_by_default_card_first_token_from_env(built, hub, monkeypatch, capsys):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
-    code = main(["push", str(built), "me/toy-flan", "--templates-dir", str(FIXTURE_TEMPLATES)])
+    code = main(["push", str(built), "me/toy-flan", *FIXTURES_ONLY])
     out = capsys.readouterr()
     assert code == 0
     assert [c[0] for c in hub.calls] == ["create_repo", "upload_file", "upload_file", "push_to_hub"]
@@ -103,12 +105,12 @@ def test_push_is_private_by_default_card_first_token_from_env(built, hub, monkey
 def test_public_flag(built, hub, monkeypatch, capsys):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     assert main(["push", str(built), "me/toy-flan", "--public",
-                 "--templates-dir", str(FIXTURE_TEMPLATES)]) == 0
+                 *FIXTURES_ONLY]) == 0
     assert hub.calls[0][2]["private"] is False and hub.calls[3][2]["private"] is False
 
 
 def test_missing_token_is_a_clear_error(built, hub, capsys):
-    assert main(["push", str(built), "me/toy-flan", "--templates-dir", str(FIXTURE_TEMPLATES)]) == 2
+    assert main(["push", str(built), "me/toy-flan", *FIXTURES_ONLY]) == 2
     assert "set HF_TOKEN" in capsys.readouterr().err
     assert hub.calls == []
 
@@ -121,7 +123,7 @@ def test_hub_errors_never_print_the_token(built, monkeypatch, capsys):
 
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", fail)
     monkeypatch.setenv("HF_TOKEN", TOKEN)
-    assert main(["push", str(built), "me/toy-flan", "--templates-dir", str(FIXTURE_TEMPLATES)]) == 2
+    assert main(["push", str(built), "me/toy-flan", *FIXTURES_ONLY]) == 2
     err = capsys.readouterr().err
     assert "401 Unauthorized" in err and TOKEN not in err and "***" in err
 
@@ -129,7 +131,7 @@ def test_hub_errors_never_print_the_token(built, monkeypatch, capsys):
 def test_build_push_to_hub_flag(hub, monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     code = main(["build", "--heldout", "nli", "--data-dir", str(FIXTURE_DATA), "--out",
-                 str(tmp_path / "o"), "--templates-dir", str(FIXTURE_TEMPLATES),
+                 str(tmp_path / "o"), *FIXTURES_ONLY,
                  "--push-to-hub", "me/toy-flan"])
     assert code == 0
     assert [c[0] for c in hub.calls][-1] == "push_to_hub"

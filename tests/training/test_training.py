@@ -365,12 +365,16 @@ def test_resume_skips_a_checkpoint_left_incomplete_by_a_kill_mid_save(tmp_path):
     from flan_builder.training.job import last_checkpoint
 
     folder = tmp_path / "checkpoints"
-    for step, complete in [(2, True), (4, True), (6, False)]:
+    # 6: killed before transformers' state; 7: killed after it, before our run totals
+    for step, saved in [(2, 2), (4, 2), (6, 0), (7, 1)]:
         checkpoint = folder / f"checkpoint-{step}"
         checkpoint.mkdir(parents=True)
         (checkpoint / "adapter_model.safetensors").write_bytes(b"")
-        if complete:
+        if saved >= 1:
             (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+        if saved >= 2:
+            (checkpoint / "flan_totals.json").write_text(json.dumps({"step": step, "tokens_seen": 1,
+                                                                      "loss_sum": 1.0}))
     (folder / "checkpoint-8").mkdir()
     (folder / "checkpoint-8" / "trainer_state.json").write_text('{"global_st')  # cut mid-write
     assert last_checkpoint(tmp_path) == folder / "checkpoint-4"
