@@ -157,6 +157,38 @@ def cmd_templates_lint(args: argparse.Namespace) -> int:
     return 1 if issues else 0
 
 
+def cmd_templates_import_promptsource(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from flan_builder import promptsource
+    from flan_builder.sources import resolve_data_dir
+    from flan_builder.specs import load_registry
+
+    registry = load_registry(template_roots(args))
+    data_dir = resolve_data_dir(args.data_dir)
+    if args.survey:
+        if args.path or args.task or args.out:
+            raise FlanError("--survey DIR takes no PATH, --task or --out")
+        with tempfile.TemporaryDirectory(prefix="flan-promptsource-") as scratch:
+            report = promptsource.survey(args.survey, registry, data_dir, Path(scratch), args.check_rows)
+        print("\n".join(report.lines()))
+        return 0
+    if not args.path or not args.task:
+        raise FlanError("give a promptsource templates.yaml and --task NAME (or --survey DIR)")
+
+    def warn(message: str) -> None:
+        print(f"flan templates import-promptsource: warning: {message}", file=sys.stderr)
+
+    result, target = promptsource.run_import(
+        Path(args.path), args.task, registry=registry, cluster=args.cluster, out=args.out,
+        overwrite=args.overwrite, strict=args.strict, data_dir=data_dir, check_rows=args.check_rows,
+        warn=warn)
+    if target is None:
+        sys.stdout.write(result.spec_text or "")
+    print(promptsource.summary(result, Path(args.path), target), file=sys.stderr)
+    return 0
+
+
 # -- flan build --------------------------------------------------------------------------------
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -287,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(tasks)
     tasks.set_defaults(func=cmd_tasks)
 
-    templates = sub.add_parser("templates", help="show or lint templates")
+    templates = sub.add_parser("templates", help="show, lint or import templates")
     tsub = templates.add_subparsers(dest="templates_command", metavar="ACTION", required=True)
     show = tsub.add_parser(
         "show", help="each template rendered on a real row, with and without OPTIONS",
@@ -311,6 +343,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_dir(lint)
     _add_common(lint)
     lint.set_defaults(func=cmd_templates_lint)
+    imp = tsub.add_parser(
+        "import-promptsource", help="turn a promptsource templates.yaml into a task spec",
+        epilog="examples:\n"
+               "  flan templates import-promptsource ../shared/data/promptsource/templates/super_glue/rte"
+               " \\\n      --task super_glue_rte --data-dir ../shared/data --out my_templates/\n"
+               "  flan templates import-promptsource --survey ../shared/data/promptsource/templates"
+               " --data-dir ../shared/data")
+    imp.add_argument("path", nargs="?", help="a promptsource templates.yaml (or its folder)")
+    imp.add_argument("--task", help="our task the templates are for: a known task lends its source, "
+                     "cluster and licence; a new name needs --cluster")
+    imp.add_argument("--cluster", help="the cluster of a new task")
+    imp.add_argument("--out", type=Path, help="a .yaml file, or a templates folder (gets "
+                     "<cluster>/<task>.yaml); default: stdout")
+    imp.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    imp.add_argument("--strict", action="store_true", help="a template that cannot be converted "
+                     "is an error, not a warning")
+    imp.add_argument("--survey", type=Path, metavar="DIR", help="convert every templates.yaml under "
+                     "DIR and count what converts and why the rest do not; writes nothing")
+    imp.add_argument("--check-rows", type=positive_int, default=64,
+                     help="render each template on this many rows of each split of the task's "
+                          "local mirror (--data-dir), dropping those that fail (default 64)")
+    _add_data_dir(imp)
+    _add_common(imp)
+    imp.set_defaults(func=cmd_templates_import_promptsource)
 
     bld = sub.add_parser("build", help="render, split and mix an instruction dataset",
                          epilog=EPILOG_BUILD)

@@ -35,6 +35,7 @@ from jinja2 import meta, nodes
 
 from flan_builder.errors import FlanError
 from flan_builder.specs import RESERVED_NAMES, Registry, TaskSpec, load_spec
+from flan_builder.templating import make_environment
 
 PIPE = "|||"
 # promptsource's own tags; read as plain mappings (SafeLoader: never a Python object).
@@ -139,7 +140,9 @@ def read_promptsource(path: Path) -> PromptsourceFile:
 
 # -- Jinja as segments ---------------------------------------------------------------------------
 
-_ANALYSIS_ENV = jinja2.Environment()  # parsing only: nothing is rendered with it
+# Parsing and analysis only. Our bounded sandbox, not a plain Environment: Jinja folds
+# constant expressions while it analyses ('9 ** 9 ** 9' from a stranger's file would hang).
+_ANALYSIS_ENV = make_environment()
 # Stand-ins so that promptsource's own filters parse (templates using them are refused).
 _ANALYSIS_ENV.filters.update({name: str for name in _RANDOM_FILTERS | _PROMPTSOURCE_FILTERS})
 
@@ -331,8 +334,6 @@ def _unsupported(tree: nodes.Template, what: str) -> None:
         if isinstance(node.node, nodes.Getattr) and node.node.attr in _MUTATORS:
             raise _Skip("mutates a list or dict (our sandbox is immutable)",
                         f"{what} calls .{node.node.attr}()")
-    for node in tree.find_all((nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends)):
-        raise _Skip("include / import / extends", f"{what} uses {type(node).__name__.lower()}")
     if "zip" in meta.find_undeclared_variables(tree):
         raise _Skip("zip() (a promptsource global, not in our sandbox)", f"{what} calls zip()")
 
@@ -341,6 +342,8 @@ def _parse(source: str, what: str) -> nodes.Template:
     try:
         return _ANALYSIS_ENV.parse(source)
     except jinja2.TemplateSyntaxError as exc:
+        if "is not allowed" in (exc.message or ""):  # our sandbox refuses include/import/extends
+            raise _Skip("include / import / extends", f"{what}: {exc.message}") from None
         raise _Skip("Jinja syntax error", f"{what}: {exc.message}") from None
 
 
@@ -576,9 +579,7 @@ def convert_template(template: PromptsourceTemplate, template_id: str) -> Conver
 
 def _check_expressions(converted: Converted) -> None:
     """Options and answer must compile in our sandbox; a reference that does not is dropped."""
-    from flan_builder.templating import make_environment
-
-    env = make_environment()
+    env = _ANALYSIS_ENV
     checks = (("options", converted.options if isinstance(converted.options, str) else None),
               ("answer", converted.answer), ("references", converted.references))
     for what, expr in checks:
@@ -609,6 +610,7 @@ class ImportResult:
 
     @property
     def counts(self) -> Counter[str]:
+        """Converted templates by kind: scored over options, generation, inverted (and why)."""
         counts: Counter[str] = Counter()
         for item in self.converted:
             if item.inverted:
@@ -964,25 +966,31 @@ class Survey:
 
     @property
     def converted_total(self) -> int:
+        """Templates written into a spec (scored, generation or inverted)."""
         return sum(self.converted.values())
 
     @property
     def skipped_total(self) -> int:
+        """Templates left out, each for one counted reason."""
         return sum(self.skipped.values())
 
     def lines(self) -> list[str]:
+        """The report as printed: totals, then a count per kind and per reason."""
+
         def share(n: int) -> str:
             return f"{n:5d} ({100 * n / max(self.templates, 1):4.1f}%)"
 
+        names = [*self.converted, *self.skipped, *self.file_errors]
+        width = min(max((len(n) for n in names), default=10), 70) + 2
         out = [f"{self.files} files, {self.templates} templates",
-               f"converted        {share(self.converted_total)}"]
-        out += [f"  {name:<40} {n:5d}" for name, n in self.converted.most_common()]
-        out.append(f"skipped          {share(self.skipped_total)}")
-        out += [f"  {name[:70]:<70} {n:5d}" for name, n in self.skipped.most_common()]
+               f"{'converted':<{width}} {share(self.converted_total)}"]
+        out += [f"  {name[:70]:<{width - 2}} {n:5d}" for name, n in self.converted.most_common()]
+        out.append(f"{'skipped':<{width}} {share(self.skipped_total)}")
+        out += [f"  {name[:70]:<{width - 2}} {n:5d}" for name, n in self.skipped.most_common()]
         if self.file_errors:
-            out.append(f"unreadable files {sum(self.file_errors.values())} "
+            out.append(f"{'unreadable files':<{width}} {sum(self.file_errors.values()):5d} "
                        f"({self.templates_in_bad_files} templates)")
-            out += [f"  {name[:70]:<70} {n:5d}" for name, n in self.file_errors.most_common()]
+            out += [f"  {name[:70]:<{width - 2}} {n:5d}" for name, n in self.file_errors.most_common()]
         if self.checked_files:
             out.append(f"rendered on mirrored rows: {len(self.checked_files)} files "
                        f"({', '.join(self.checked_files)})")
@@ -995,8 +1003,10 @@ def survey(root: Path, registry: Registry | None, data_dir: Path | None, scratch
     files = sorted(Path(root).rglob("templates.yaml"))
     if not files:
         raise FlanError(f"no promptsource templates.yaml files under {root}")
+    from flan_builder.progress import progress
+
     report = Survey(files=len(files))
-    for number, path in enumerate(files):
+    for number, path in enumerate(progress(files, desc="converting", unit="file")):
         try:
             file = read_promptsource(path)
         except FlanError as exc:
@@ -1084,7 +1094,8 @@ def run_import(path: Path, task: str, *, registry: Registry | None, cluster: str
 def summary(result: ImportResult, path: Path, target: Path | None) -> str:
     """One line: what was imported, what was skipped, what it was checked on."""
     counts = ", ".join(f"{n} {kind}" for kind, n in result.counts.most_common())
-    checked = (f"rendered on {result.checked_rows} real rows" if result.checked_rows else
+    rows = result.checked_rows
+    checked = (f"rendered on {rows} real row{'s' if rows != 1 else ''}" if rows else
                "not rendered on real rows (pass --data-dir with the task's mirror to check)")
     where = f" -> {target}" if target else ""
     return (f"imported {len(result.converted)} of {len(result.file.templates)} templates from {path} "
