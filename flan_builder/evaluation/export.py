@@ -325,9 +325,11 @@ def export_from_args(args: argparse.Namespace, templates_dir: Path | list[Path] 
     manifest = export_lm_eval(config)
     tasks = manifest["tasks"]
     groups = ",".join(manifest["cluster_groups"])
-    print(f"{manifest['lm_eval_tasks']} lm-eval tasks from {len(tasks)} datasets "
-          f"({sum(t['rows'] for t in tasks.values()):,} rows), separator {config.separator!r}, "
-          f"content hash {manifest['content_hash'][:16]} -> {config.out}")
+    rows = sum(t["rows"] for t in tasks.values())
+    prompts = sum(t["rows"] * len(t["templates"]) * len(config.options) for t in tasks.values())
+    print(f"{manifest['lm_eval_tasks']} lm-eval tasks: {len(tasks)} datasets, {rows:,} held-out rows, "
+          f"{prompts:,} prompts; separator {config.separator!r}, content hash "
+          f"{manifest['content_hash'][:16]} -> {config.out}")
     print(f"groups: {groups} (clusters) and flan_<task> (datasets)")
     print(f"run: lm_eval --model hf --model_args pretrained=MODEL --include_path {config.out} "
           f"--tasks {groups}")
