@@ -296,7 +296,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_export_lm_eval(args: argparse.Namespace) -> int:
     from flan_builder.evaluation.export import export_from_args
 
-    return export_from_args(args, args.templates_dir)
+    return export_from_args(args, template_roots(args))
 
 
 # -- parser ------------------------------------------------------------------------------------
