@@ -30,7 +30,7 @@ def separator(value: str) -> str:
     try:
         return value.encode("latin-1", "backslashreplace").decode("unicode_escape")
     except UnicodeDecodeError as exc:
-        raise FlanError(f"--separator {value!r}: bad backslash escape ({exc.reason}); write e.g. "
+        raise FlanError(f"--separator '{value}': bad backslash escape ({exc.reason}); write e.g. "
                         "'\\n\\n' or ' '") from None
 
 

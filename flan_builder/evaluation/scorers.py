@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from flan_builder.errors import FlanError
 from flan_builder.evaluation.metrics import metric as metric_facts
 from flan_builder.lm.base import LM, GenerationRequest, LoglikelihoodRequest
 
@@ -18,6 +19,11 @@ def _context(row: dict[str, Any], separator: str, use_options: bool) -> str:
 
 
 def _requests(rows: list[dict[str, Any]], separator: str, use_options: bool) -> list[LoglikelihoodRequest]:
+    for row in rows:
+        if not all(row["options"]):  # no tokens to score: every tool would rank it arbitrarily
+            raise FlanError(f"task {row.get('task')}, template {row.get('template_id')}, row "
+                            f"{row.get('source_index')}: an option is empty, so it cannot be scored; "
+                            "give every option some text (or drop the row)")
     return [LoglikelihoodRequest(_context(row, separator, use_options), option)
             for row in rows for option in row["options"]]
 

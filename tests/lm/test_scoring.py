@@ -152,6 +152,17 @@ def test_acc_norm_is_not_decided_by_a_multi_token_separator(tiny_model, tokenize
     assert [s["pred_norm"] for s in samples] != longest
 
 
+def test_an_empty_option_is_a_one_line_error_naming_the_row(tiny_model, tokenizer):
+    from flan_builder.errors import FlanError
+    from flan_builder.evaluation.scorers import score_classification
+    from flan_builder.lm.hf import HFLM
+
+    row = {"prompt": "Pick one.", "input": "Pick one.", "options": ["yes", ""], "answer_index": 0,
+           "task": "toy", "template_id": "t1", "source_index": 7}
+    with pytest.raises(FlanError, match="task toy, template t1, row 7: an option is empty"):
+        score_classification(HFLM(tiny_model, tokenizer, "tiny"), [row], "\n\n", True)
+
+
 # -- the " " protocol is lm-evaluation-harness's ---------------------------------------------------
 
 def _rte_rows(n=4):
