@@ -19,6 +19,15 @@ from typing import Any
 from flan_builder.atomic import atomic_directory, check_output_free, write_json_atomic
 from flan_builder.contamination import DEFAULT_MODE, MODES, ContaminationCheck
 from flan_builder.errors import FlanError
+from flan_builder.fewshot import (
+    FewShotSettings,
+    TaskPlan,
+    check_tokenizer,
+    hash_columns,
+    plan_task,
+    shape_records,
+    summarize,
+)
 from flan_builder.heldout import SplitPlan, plan_split
 from flan_builder.manifest import (
     MANIFEST_NAME,
@@ -68,6 +77,7 @@ class BuildConfig:
     overwrite: bool = False
     templates_dir: Path | list[Path] | None = None  # a folder, or a search path
     contamination: str = DEFAULT_MODE  # drop | report | fail: held-out text found in training rows
+    fewshot: FewShotSettings = field(default_factory=FewShotSettings)  # --formats, --shots (fewshot.py)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -88,7 +98,7 @@ class BuildResult:
 
 def _record(
     spec: TaskSpec, example: RenderedExample, source_split: str, index: int, source_hash: str,
-    style: str,
+    style: str, template_index: int, fmt: str,
 ) -> dict[str, Any]:
     if style == "messages":
         prompt: Any = [{"role": "user", "content": example.prompt}]
@@ -110,6 +120,10 @@ def _record(
         "source_split": source_split,
         "source_index": index,
         "source_hash": source_hash,
+        "format": fmt,  # zs_opt | zs_noopt | fs_opt | fs_noopt (fewshot.py)
+        "template_index": template_index,
+        "exemplar_indices": [],  # few-shot rows: the exemplars' rows in the same source split
+        "exemplar_hashes": [],
     }
 
 
@@ -138,6 +152,10 @@ def _features(style: str) -> Any:
         "source_split": text,
         "source_index": Value("int64"),
         "source_hash": text,
+        "format": text,
+        "template_index": Value("int32"),
+        "exemplar_indices": List(Value("int64")),
+        "exemplar_hashes": List(text),
     })
 
 
@@ -153,11 +171,20 @@ class _TaskJob:
     with_options: bool
     separator: str
     style: str
+    fewshot: TaskPlan | None = None  # formats and exemplars of a mixed-format build
+
+    def prompt_rows(self) -> tuple[list[int], list[dict[str, Any]]]:
+        """Every source row the job's prompts show: the drawn rows and their exemplars."""
+        if self.fewshot is None:
+            return self.indices, self.rows
+        indices, rows = self.fewshot.source_rows()
+        return self.indices + indices, self.rows + rows
 
 
 def _render_job(job: _TaskJob, renderer: TaskRenderer | None = None) -> list[dict[str, Any]]:
     if renderer is None:  # in a worker process: compile there (compiled templates don't pickle)
         renderer = TaskRenderer(job.spec, with_options=job.with_options, separator=job.separator)
+    fmt = "zs_opt" if job.with_options else "zs_noopt"
     records = []
     for row, index, template_indices in zip(job.rows, job.indices, job.templates, strict=True):
         source_hash = row_hash({k: row[k] for k in job.spec.fields})
@@ -165,8 +192,11 @@ def _render_job(job: _TaskJob, renderer: TaskRenderer | None = None) -> list[dic
             examples = [renderer.render(row, template_indices[0], split=job.split, row_index=index)]
         else:
             examples = renderer.render_all(row, template_indices, split=job.split, row_index=index)
-        for example in examples:
-            records.append(_record(job.spec, example, job.split, index, source_hash, job.style))
+        for example, template_index in zip(examples, template_indices, strict=True):
+            records.append(_record(job.spec, example, job.split, index, source_hash, job.style,
+                                   template_index, fmt))
+    if job.fewshot is not None:
+        records = shape_records(records, job.fewshot, renderer, job.spec, job.separator, job.style)
     return records
 
 
@@ -197,7 +227,7 @@ def _clean_train_jobs(
     pools = _pools(plan, loaded, config)
     while True:
         jobs, sizes = _train_jobs(plan, loaded, config, pools)
-        found = {job.spec.name: check.scan(job.spec.name, job.spec.fields, job.indices, job.rows)
+        found = {job.spec.name: check.scan(job.spec.name, job.spec.fields, *job.prompt_rows())
                  for job in jobs}
         if config.contamination == "fail" and check.found:
             raise FlanError(check.fail_message())
@@ -211,6 +241,7 @@ def _train_jobs(
     plan: SplitPlan, loaded: dict[str, Rows], config: BuildConfig, pools: dict[str, list[int]]
 ) -> tuple[list[_TaskJob], dict[str, dict[str, int]]]:
     mixing = config.mixing
+    fewshot = config.fewshot.resolved(config.with_options)
     counts = mixture_counts({t: len(p) for t, p in pools.items()}, mixing.rate_cap, mixing.total)
     jobs, sizes = [], {}
     for spec in plan.train_tasks:
@@ -228,8 +259,10 @@ def _train_jobs(
         }
         # Rows are fetched once each, in the drawn order, even when drawn several times.
         rows = loaded[spec.name].take(drawn)
+        plan = None if fewshot.plain else plan_task(spec, fewshot, config.seed, drawn, templates,
+                                                    pools[spec.name], allowed, loaded[spec.name].take)
         jobs.append(_TaskJob(spec, loaded[spec.name].split, rows, drawn, templates,
-                             config.with_options, config.separator, config.style))
+                             config.with_options, config.separator, config.style, plan))
     return jobs, sizes
 
 
@@ -292,10 +325,12 @@ def _load_all(specs: list[TaskSpec], role: str, data_dir: Path | None) -> dict[s
 
 def _check_no_leak(train: list[dict[str, Any]], heldout: list[dict[str, Any]]) -> None:
     heldout_hashes = {r["source_hash"] for r in heldout}
-    leaked = [r for r in train if r["source_hash"] in heldout_hashes]
+    leaked = [r for r in train if r["source_hash"] in heldout_hashes
+              or not heldout_hashes.isdisjoint(r["exemplar_hashes"])]
     if leaked:
         first = leaked[0]
-        raise FlanError(f"{len(leaked)} training rows repeat a held-out row (first: task "
+        raise FlanError(f"{len(leaked)} training rows repeat a held-out row in the row or its few-shot "
+                        f"exemplars (first: task "
                         f"{first['task']}, {first['source_split']} row {first['source_index']}); "
                         "remove the duplicate from the training data")
 
@@ -311,6 +346,8 @@ def build(config: BuildConfig, registry: Registry | None = None) -> BuildResult:
         if fmt not in EXPORT_FORMATS:
             raise FlanError(f"--format must be one of {', '.join(EXPORT_FORMATS)} (got {fmt!r})")
     check_output_free(Path(config.out), config.overwrite)
+    fewshot = config.fewshot.resolved(config.with_options)
+    check_tokenizer(fewshot.tokenizer if fewshot.few_shot else None)
     registry = registry or load_registry(config.templates_dir)
     plan = plan_split(registry, config.heldout, train_clusters=config.train_clusters,
                       tasks=config.tasks, with_clusters=config.with_clusters,
@@ -331,6 +368,7 @@ def build(config: BuildConfig, registry: Registry | None = None) -> BuildResult:
     rendered_heldout = _run_jobs(heldout_jobs, config.num_proc, "rendering heldout", renderers)
 
     train = [r for job in train_jobs for r in rendered_train[job.spec.name]]
+    formats = summarize(fewshot, {j.spec.name: j.fewshot for j in train_jobs if j.fewshot}, train)
     task_rng(config.seed, "*", "shuffle").shuffle(train)
     heldout = [r for job in heldout_jobs for r in rendered_heldout[job.spec.name]]
     if not train and not heldout:
@@ -340,7 +378,8 @@ def build(config: BuildConfig, registry: Registry | None = None) -> BuildResult:
     splits = {TRAIN: train}
     if plan.heldout is not None:
         splits[HELDOUT] = heldout
-    hashes = {name: content_hash(rows) for name, rows in splits.items()}
+    hashed = hash_columns(list(_features(config.style)), fewshot)
+    hashes = {name: content_hash({k: r[k] for k in hashed} for r in rows) for name, rows in splits.items()}
     manifest: dict[str, Any] = {
         "kind": "flan-builder dataset",
         "format_version": 1,
@@ -376,7 +415,9 @@ def build(config: BuildConfig, registry: Registry | None = None) -> BuildResult:
         "evaluation": {spec.name: registry.evaluation(spec).to_json() for spec in plan.heldout_tasks},
         "counts": {name: _counts(rows) for name, rows in splits.items()},
         "contamination": contamination.to_json(plan.shares_source),
+        "formats": formats,  # zero-/few-shot, with/without OPTIONS: what was drawn and made (train)
         "content_hash": {**hashes, "all": content_hash([hashes])},
+        "content_hash_columns": hashed,
     }
     _write(config, splits, manifest, started)
     return BuildResult(Path(config.out), manifest)

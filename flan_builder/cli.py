@@ -24,6 +24,7 @@ EPILOG_BUILD = """examples:
   flan build --heldout none --data-dir ../shared/data --out build/mix --total 20000 --seed 1
   flan build --heldout nli --data-dir ../shared/data --out build/nli-tab --with tabular   # + LIFT tables
   flan build --heldout nli --data-dir ../shared/data --out build/nli-msgs --as messages --format parquet
+  flan build --heldout nli --out build/nli-flan2 --formats zs_opt,zs_noopt,fs_opt,fs_noopt   # FLAN v2 mix
   flan build --heldout nli --out build/nli --push-to-hub USER/flan-nli   # HF_TOKEN from the environment
 """
 
@@ -193,6 +194,8 @@ def cmd_templates_import_promptsource(args: argparse.Namespace) -> int:
 
 def cmd_build(args: argparse.Namespace) -> int:
     from flan_builder.build import BuildConfig, build
+    from flan_builder.fewshot import FewShotSettings
+    from flan_builder.fewshot import summary_line as formats_line
     from flan_builder.mixing import MixingConfig
     from flan_builder.sources import resolve_data_dir
 
@@ -220,6 +223,9 @@ def cmd_build(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         templates_dir=template_roots(args),
         contamination=args.contamination,
+        fewshot=FewShotSettings(formats=tuple(args.formats) if args.formats else None, shots=args.shots,
+                                variant=args.fewshot_variant, budget=args.fewshot_budget,
+                                tokenizer=args.fewshot_tokenizer),
     )
     result = build(config)
     manifest = result.manifest
@@ -235,6 +241,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     if summary := summary_line(manifest["contamination"]):
         print(summary)
+    if formats := formats_line(manifest["formats"]):
+        print(formats)
     print(f"content hash {manifest['content_hash']['all'][:16]}, {manifest['wall_time_s']} s "
           f"-> {result.out}")
     if args.push_to_hub:
@@ -404,6 +412,20 @@ def build_parser() -> argparse.ArgumentParser:
     bld.add_argument("--contamination", choices=("drop", "report", "fail"), default="drop",
                      help="held-out rows whose text (13-grams) is in training rows: drop those "
                           "training rows (default), only report them, or fail")
+    fs = bld.add_argument_group("formats (FLAN v2): zero-/few-shot, with/without OPTIONS, mixed per row")
+    fs.add_argument("--formats", type=comma_list, default=None, metavar="F1,F2",
+                    help="draw one of these per training row: zs_opt, zs_noopt, fs_opt, fs_noopt "
+                         "(FLAN v2: all four, 25%% each); default: zs_opt (zs_noopt with --no-options)")
+    fs.add_argument("--shots", type=int, default=None, metavar="K",
+                    help="exemplars drawn per few-shot row (default 5 for mix, 25 for x_shot)")
+    fs.add_argument("--fewshot-variant", choices=("mix", "x_shot"), default="mix",
+                    help="mix: each exemplar with a random template (FLAN's template_mix_five_shot); "
+                         "x_shot: keep only exemplars drawn with the query's template")
+    fs.add_argument("--fewshot-budget", type=positive_int, default=1920, metavar="TOKENS",
+                    help="exemplars are dropped from the end until the prompt fits (FLAN: 1,920)")
+    fs.add_argument("--fewshot-tokenizer", default=None, metavar="MODEL",
+                    help="count the budget with this model's tokenizer (alias or path; needs "
+                         "transformers); default: characters / 4")
     bld.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     bld.add_argument("--push-to-hub", metavar="USER/NAME", help="publish with a dataset card")
     bld.add_argument("--public", action="store_true", help="publish publicly (default: private)")

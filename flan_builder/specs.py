@@ -46,7 +46,9 @@ _SOURCE_KEYS = {"hub_id", "config", "mirror", "splits", "revision", "tabular"}
 # A table (scikit-learn's bundled copy, or a CSV / parquet file) serialised into text rows.
 _TABULAR_KEYS = {"sklearn", "file", "target", "kind", "names", "seed", "test_size", "digits"}
 FEATURE_NAME_MODES = ("names", "generic", "shuffled")
-_TEMPLATE_KEYS = {"id", "input", "target", "inverted", "options", "answer", "references"}
+_TEMPLATE_KEYS = {"id", "input", "target", "inverted", "options", "answer", "references", "fewshot"}
+# How a template's exemplars are laid out in a few-shot prompt (FLAN v2's FewShotPattern; fewshot.py).
+FEWSHOT_KEYS = ("input_prefix", "target_prefix", "delimiter", "separator")
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,6 +64,7 @@ class TemplateSpec:
     references: str | None = None  # overrides the task's references expression
     line: int = 0  # line of the template's entry in its YAML file
     part_lines: dict[str, int] = field(default_factory=dict)  # "input"/"target" -> first line
+    fewshot: dict[str, str] = field(default_factory=dict)  # few-shot pattern overrides (FEWSHOT_KEYS)
 
 
 @dataclass(frozen=True)
@@ -231,6 +234,16 @@ def _parse_template(path: Path, task: str, data: Any, index: int) -> TemplateSpe
     inverted = data.get("inverted", False)
     if not isinstance(inverted, bool):
         raise _fail(path, line, f"task {task}, template {template_id}: 'inverted' must be true/false")
+    fewshot = data.get("fewshot") or {}
+    if not isinstance(fewshot, dict):
+        raise _fail(path, line, f"task {task}, template {template_id}: 'fewshot' must be a mapping of "
+                    f"{', '.join(FEWSHOT_KEYS)}")
+    _check_keys(path, fewshot, set(FEWSHOT_KEYS), f"fewshot of template {template_id} of task {task}")
+    fewshot = {k: v for k, v in fewshot.items() if k in FEWSHOT_KEYS}
+    for key, value in fewshot.items():
+        if not isinstance(value, str):
+            raise _fail(path, line, f"task {task}, template {template_id}: fewshot {key} must be a quoted "
+                        f"string (e.g. \"Q: \" or \"\\n\"), got {value!r}")
     return TemplateSpec(
         id=template_id,
         input=text,
@@ -241,6 +254,7 @@ def _parse_template(path: Path, task: str, data: Any, index: int) -> TemplateSpe
         references=data.get("references"),
         line=line,
         part_lines={k: v for k, v in data.get("__lines__", {}).items() if k in ("input", "target")},
+        fewshot=fewshot,
     )
 
 

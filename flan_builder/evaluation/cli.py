@@ -16,6 +16,7 @@ EPILOG = """examples:
   flan eval ... --options both               # with and without OPTIONS in one report
   flan eval ... --limit 50 --templates 3     # 50 rows per dataset, first 3 templates
   flan eval ... --separator " " --log-samples   # lm-eval's protocol; every row's scores in samples/
+  flan eval ... --shots 2                    # 2 exemplars per prompt from each task's train split
   flan eval --model BASE --expert runs/heldout-nli --anti smollm2-135m --alpha 1.0 \\
       --direct runs/base-tuned --data build/heldout-nli --out reports/proxy   # proxy-tuning
 The first --model is the base that the others are compared with. With --expert and --anti the
@@ -108,7 +109,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--options", choices=("with", "without", "both"), default=None,
                         help="OPTIONS suffix (default: with)")
     parser.add_argument("--no-options", action="store_true", help="same as --options without")
-    parser.add_argument("--shots", type=int, help="exemplars per prompt (only 0, zero-shot, for now)")
+    parser.add_argument("--shots", type=int, help="exemplars per prompt from each held-out task's own train "
+                                                  "split (default 0: zero-shot, FLAN's protocol)")
     parser.add_argument("--batch-size", type=batch_size, default=None, help="'auto' (default) or rows")
     parser.add_argument("--metric-from-hub", action="store_true",
                         help="use the Hub's evaluate metrics instead of the shipped local ones")

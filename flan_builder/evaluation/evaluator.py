@@ -19,6 +19,7 @@ from typing import Any
 from flan_builder.evaluation.aggregate import aggregate, gap_closed
 from flan_builder.evaluation.rows import load_heldout, task_evaluations
 from flan_builder.evaluation.scorers import score_classification, score_generation
+from flan_builder.evaluation.shots import ShotMaker
 from flan_builder.evaluation.suite import EvalConfig
 from flan_builder.lm.load import check_spec, load_lm, spec_name
 from flan_builder.workdir import ResultsLog, partial_dir
@@ -49,10 +50,11 @@ def sample_path(folder: str, task: str, template: str, use_options: bool) -> str
     return f"samples/{folder}/{_safe(task)}/{_safe(template)}{'' if use_options else '.no-options'}.jsonl"
 
 
-def _done(record: dict[str, Any], separator: str, log_samples: bool) -> bool:
+def _done(record: dict[str, Any], separator: str, log_samples: bool, shots: int = 0) -> bool:
     """Whether a logged record stands for this run: same separator (a record without one predates
-    scoring options apart from the separator, so it is redone), and samples kept when asked."""
-    return record.get("separator") == separator and (record.get("samples") is not None or not log_samples)
+    scoring options apart from the separator, so it is redone), same shots, and samples kept when asked."""
+    return (record.get("separator") == separator and record.get("shots", 0) == shots
+            and (record.get("samples") is not None or not log_samples))
 
 
 def evaluate_models(config: EvalConfig) -> dict[str, Any]:
@@ -73,7 +75,8 @@ def evaluate_models(config: EvalConfig) -> dict[str, Any]:
     work = partial_dir(config.out)
     log = ResultsLog(work)
     done = {(r["model"], r["task"], r["template"], r["options"]) for r in log.records
-            if _done(r, separator, config.log_samples)}
+            if _done(r, separator, config.log_samples, config.shots)}
+    shot_maker = ShotMaker(manifest, config.shots) if config.shots else None
     names = [spec_name(spec) for spec in config.models]
     folders = sample_folders(names)
     models_info = []
@@ -87,12 +90,15 @@ def evaluate_models(config: EvalConfig) -> dict[str, Any]:
         models_info.append(lm.info)
         with progress(todo, desc=f"evaluating {Path(name).name}", unit="template") as bar:
             for (task, template), use_options in bar:
-                rows = groups[(task, template)]
+                rows, group_separator, shots_used = groups[(task, template)], separator, 0
+                if shot_maker is not None:  # k exemplars from the task's train split (evaluation/shots.py)
+                    rows, group_separator, shots_used = shot_maker.prompts(task, template, rows, use_options,
+                                                                           separator)
                 evaluation = evaluations[task]
                 t0 = time.perf_counter()
                 samples: list[dict[str, Any]] | None = [] if config.log_samples else None
                 if evaluation["output_type"] == "multiple_choice":
-                    scores = score_classification(lm, rows, separator, use_options, samples)
+                    scores = score_classification(lm, rows, group_separator, use_options, samples)
                 else:
                     scores = score_generation(lm, rows, evaluation, use_options, config.metric_from_hub,
                                               samples)
@@ -103,13 +109,14 @@ def evaluate_models(config: EvalConfig) -> dict[str, Any]:
                     _write_samples(work / where, samples, {"model": name, "task": task, "template": template,
                                                            "with_options": use_options})
                 log.append({"model": name, "task": task, "cluster": rows[0]["cluster"], "template": template,
-                            "options": use_options, "separator": separator, "metric": metric,
+                            "options": use_options, "separator": separator, "shots": config.shots,
+                            "shots_used": shots_used, "metric": metric,
                             "scores": scores, "samples": where,
                             "seconds": round(time.perf_counter() - t0, 2)})
         lm.close()
         del lm
     latest = {(r["model"], r["task"], r["template"], r["options"]): r for r in log.records
-              if r["model"] in names and _done(r, separator, config.log_samples)}
+              if r["model"] in names and _done(r, separator, config.log_samples, config.shots)}
     records = list(latest.values())
     summary = aggregate(records)
     proxies = {spec.name: spec.base for spec in config.models if not isinstance(spec, str)}
@@ -119,7 +126,7 @@ def evaluate_models(config: EvalConfig) -> dict[str, Any]:
         "heldout_cluster": manifest.get("heldout_cluster"),
         "models": models_info, "base": names[0],
         "limit": config.limit, "templates": config.templates, "suite": config.source,
-        "separator": separator, "log_samples": config.log_samples,
+        "separator": separator, "log_samples": config.log_samples, "shots": config.shots,
         "records": records,
         **summary,
         **({"gap_closed": gap_closed(summary, proxies, config.direct)} if proxies and config.direct else {}),

@@ -16,7 +16,7 @@ templates: null                    # first K templates per dataset (null: all)
 template: []                       # only template ids containing one of these
 tasks: []                          # only these tasks
 options: with                      # with | without | both
-shots: 0                           # zero-shot (FLAN's protocol)
+shots: 0                           # zero-shot (FLAN's protocol); K: K exemplars from each task's train split
 separator: null                    # between prompt and option (null: the build's, "\n\n"); " ": lm-eval's
 log_samples: false                 # samples/<model>/<task>/<template>.jsonl: every row's scores
 batch_size: auto
@@ -70,9 +70,9 @@ class EvalConfig:
             raise FlanError("--limit must be at least 1 (rows per dataset)")
         if self.templates is not None and self.templates < 1:
             raise FlanError("--templates must be at least 1")
-        if self.shots != 0:
-            raise FlanError(f"shots: {self.shots}: only zero-shot evaluation (FLAN's protocol) is "
-                            "implemented; set shots: 0")
+        if self.shots < 0:
+            raise FlanError(f"--shots {self.shots}: give 0 (zero-shot, FLAN's protocol) or K >= 1 exemplars "
+                            "per prompt from each held-out task's train split")
 
 
 def _model_entry(path: Path, entry: Any) -> ModelSpec:

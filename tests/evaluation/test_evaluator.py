@@ -313,9 +313,9 @@ def test_a_suite_runs_and_flags_override_it(tmp_path, tiny_model_dir, toy_build)
     assert {r["scores"]["n"] for r in results["records"]} == {3}  # --limit won over limit: 2
     assert {r["options"] for r in results["records"]} == {True, False}  # the suite's options: both
     assert results["suite"] == str(suite)
-    suite.write_text("models: [x]\nshots: 2\n", encoding="utf-8")
+    suite.write_text("models: [x]\nshots: -1\n", encoding="utf-8")
     bad = _cli([str(suite), "--data", str(toy_build), "--out", str(tmp_path / "r")])
-    assert bad.returncode == 2 and "only zero-shot" in bad.stderr
+    assert bad.returncode == 2 and "--shots -1: give 0" in bad.stderr
     suite.write_text("modles: [x]\n", encoding="utf-8")
     bad = _cli([str(suite)])
     assert bad.returncode == 2 and "unknown key(s) modles" in bad.stderr
