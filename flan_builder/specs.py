@@ -43,8 +43,10 @@ OUTPUT_TYPES = ("multiple_choice", "generate_until")
 DEFAULT_METRIC = "flan_qa"  # exact match and token F1: short generated answers
 DEFAULT_MAX_NEW_TOKENS = 32
 _SOURCE_KEYS = {"hub_id", "config", "mirror", "splits", "revision", "tabular"}
-# A table (scikit-learn's bundled copy, or a CSV / parquet file) serialised into text rows.
-_TABULAR_KEYS = {"sklearn", "file", "target", "kind", "names", "seed", "test_size", "digits"}
+# A table (scikit-learn's bundled copy, a CSV / parquet file, or a synthetic function) serialised
+# into text rows; train_size: a nested subset of the training split (flan lift --train-sizes).
+_TABULAR_KEYS = {"sklearn", "file", "function", "target", "kind", "names", "seed", "test_size", "digits",
+                 "train_size"}
 FEATURE_NAME_MODES = ("names", "generic", "shuffled")
 _TEMPLATE_KEYS = {"id", "input", "target", "inverted", "options", "answer", "references", "fewshot"}
 # How a template's exemplars are laid out in a few-shot prompt (FLAN v2's FewShotPattern; fewshot.py).
@@ -281,9 +283,12 @@ def _tabular_source(path: Path, task: str, value: Any) -> dict[str, Any] | None:
         raise _fail(path, None, f"task {task}: source.tabular must be a mapping")
     _check_keys(path, value, _TABULAR_KEYS, f"source.tabular of task {task}")
     table = {k: v for k, v in value.items() if not k.startswith("__")}
-    if ("sklearn" in table) == ("file" in table):
+    if sum(key in table for key in ("sklearn", "file", "function")) != 1:
         raise _fail(path, value.get("__line__"), f"task {task}: source.tabular needs one of "
-                    "'sklearn' (a bundled dataset name) or 'file' (a CSV / parquet path)")
+                    "'sklearn' (a bundled dataset name), 'file' (a CSV / parquet path) or 'function' "
+                    "(a mapping: name or expression, dim, noise, low, high, n_train, n_test, data_seed)")
+    if isinstance(table.get("function"), dict):
+        table["function"] = {k: v for k, v in table["function"].items() if not str(k).startswith("__")}
     if "file" in table and not table.get("target"):
         raise _fail(path, value.get("__line__"), f"task {task}: source.tabular.file needs 'target' "
                     "(the column to predict)")

@@ -5,7 +5,9 @@ k-nearest neighbours, MLP; metric accuracy (%). Regression: the same families (m
 predictor, linear regression, ...); metrics RMSE and RAE (relative absolute error: the
 sum of absolute errors over that of always predicting the training mean; 1.0 = no better
 than the mean). Numbers are standardised and missing values imputed; text columns are
-one-hot encoded.
+one-hot encoded. Synthetic functions add the baselines LIFT's function plots use: polynomial
+regression (degree 3) and a Gaussian process (RBF + white-noise kernel); their test rows are
+scored against the noise-free targets.
 """
 
 from __future__ import annotations
@@ -17,10 +19,26 @@ from flan_builder.sources.tables import Table
 
 CLASSIFIERS = ("majority", "logistic_regression", "decision_tree", "svm", "random_forest", "knn", "mlp")
 REGRESSORS = ("mean", "linear_regression", "decision_tree", "svm", "random_forest", "knn", "mlp")
+FUNCTION_REGRESSORS = ("mean", "linear_regression", "polynomial_regression", "gaussian_process", "knn", "mlp",
+                       "svm", "random_forest", "decision_tree")
+KNN_NEIGHBOURS = 5  # scikit-learn's default; fewer when a training subset is smaller
 
 
-def _estimator(name: str, kind: str, seed: int) -> Any:
-    from sklearn import dummy, ensemble, linear_model, neighbors, neural_network, svm, tree
+def _neighbours(rows: int) -> int:
+    return min(KNN_NEIGHBOURS, rows)
+
+
+def baseline_names(table: Table) -> tuple[str, ...]:
+    """The baselines fitted for a table (a synthetic function gets LIFT's function baselines)."""
+    if table.kind == "classification":
+        return CLASSIFIERS
+    return FUNCTION_REGRESSORS if table.clean_target is not None else REGRESSORS
+
+
+def _estimator(name: str, kind: str, seed: int, rows: int) -> Any:
+    from sklearn import dummy, ensemble, gaussian_process, linear_model, neighbors, neural_network, svm, tree
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import PolynomialFeatures
 
     if kind == "classification":
         return {
@@ -29,7 +47,7 @@ def _estimator(name: str, kind: str, seed: int) -> Any:
             "decision_tree": lambda: tree.DecisionTreeClassifier(random_state=seed),
             "svm": lambda: svm.SVC(random_state=seed),
             "random_forest": lambda: ensemble.RandomForestClassifier(random_state=seed),
-            "knn": lambda: neighbors.KNeighborsClassifier(),
+            "knn": lambda: neighbors.KNeighborsClassifier(n_neighbors=_neighbours(rows)),
             "mlp": lambda: neural_network.MLPClassifier(max_iter=2000, random_state=seed),
         }[name]()
     return {
@@ -38,8 +56,13 @@ def _estimator(name: str, kind: str, seed: int) -> Any:
         "decision_tree": lambda: tree.DecisionTreeRegressor(random_state=seed),
         "svm": lambda: svm.SVR(),
         "random_forest": lambda: ensemble.RandomForestRegressor(random_state=seed),
-        "knn": lambda: neighbors.KNeighborsRegressor(),
+        "knn": lambda: neighbors.KNeighborsRegressor(n_neighbors=_neighbours(rows)),
         "mlp": lambda: neural_network.MLPRegressor(max_iter=5000, random_state=seed),
+        "polynomial_regression": lambda: make_pipeline(PolynomialFeatures(degree=3),
+                                                       linear_model.LinearRegression()),
+        "gaussian_process": lambda: gaussian_process.GaussianProcessRegressor(
+            kernel=gaussian_process.kernels.RBF() + gaussian_process.kernels.WhiteKernel(),
+            normalize_y=True, random_state=seed),
     }[name]()
 
 
@@ -73,8 +96,10 @@ def regression_scores(truth: list[float], predicted: list[float], train_mean: fl
     return errors(truth, predicted, train_mean)
 
 
-def fit_baselines(table: Table, train: list[int], test: list[int], seed: int) -> dict[str, dict[str, float]]:
-    """Every baseline family fitted on ``train`` and scored on ``test``: name -> metrics."""
+def fit_baselines(table: Table, train: list[int], test: list[int], seed: int,
+                  predictions: bool = False) -> dict[str, dict[str, Any]]:
+    """Every baseline family fitted on ``train`` and scored on ``test``: name -> metrics
+    (with ``predictions``: also each test row's prediction, for plots)."""
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
@@ -82,13 +107,14 @@ def fit_baselines(table: Table, train: list[int], test: list[int], seed: int) ->
 
     x_train, x_test = _matrix(table, train), _matrix(table, test)
     y_train = [table.target[i] for i in train]
-    y_test = [table.target[i] for i in test]
-    results: dict[str, dict[str, float]] = {}
-    names = CLASSIFIERS if table.kind == "classification" else REGRESSORS
-    for name in names:
-        model = make_pipeline(_preprocessor(table), _estimator(name, table.kind, seed))
+    truth = table.clean_target if table.clean_target is not None else table.target
+    y_test = [truth[i] for i in test]
+    results: dict[str, dict[str, Any]] = {}
+    for name in baseline_names(table):
+        model = make_pipeline(_preprocessor(table), _estimator(name, table.kind, seed, len(train)))
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)  # small data; the score says enough
+            # small data (and GP length scales at their bounds); the score says enough
+            warnings.simplefilter("ignore", ConvergenceWarning)
             model.fit(x_train, y_train)
         predicted = model.predict(x_test).tolist()
         if table.kind == "classification":
@@ -97,4 +123,27 @@ def fit_baselines(table: Table, train: list[int], test: list[int], seed: int) ->
         else:
             results[name] = regression_scores(y_test, [float(p) for p in predicted],
                                               sum(y_train) / len(y_train))
+        if predictions:
+            results[name]["predictions"] = [float(p) if table.kind != "classification" else p
+                                            for p in predicted]
     return results
+
+
+def fit_curves(table: Table, train: list[int], seed: int, xs: list[float]) -> dict[str, list[float]]:
+    """A 1-D function's baselines fitted on ``train`` and evaluated on the grid ``xs`` (for plots)."""
+    import warnings
+
+    import numpy as np
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.pipeline import make_pipeline
+
+    x_train, grid = _matrix(table, train), np.array([[x] for x in xs], dtype=object)
+    y_train = [table.target[i] for i in train]
+    curves = {}
+    for name in baseline_names(table):
+        model = make_pipeline(_preprocessor(table), _estimator(name, table.kind, seed, len(train)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model.fit(x_train, y_train)
+        curves[name] = [float(v) for v in model.predict(grid)]
+    return curves

@@ -89,7 +89,7 @@ def serialise_rows(table: Table, mode: str = "names", seed: int = 0, digits: int
 
 def tabular_split(spec: Any, split: str) -> tuple[list[dict[str, Any]], str]:
     """The rows of a tabular spec's ``train`` or ``test`` split, serialised per its source settings."""
-    from flan_builder.sources.tables import load_table, split_indices
+    from flan_builder.sources.tables import load_table, split_indices, train_subset
 
     source = spec.source.tabular
     table = load_table(source, base=spec.path.parent)
@@ -100,9 +100,15 @@ def tabular_split(spec: Any, split: str) -> tuple[list[dict[str, Any]], str]:
             len(spec.options) != len(table.classes):
         raise FlanError(f"task {spec.name}: the spec lists {len(spec.options)} options but the table has "
                         f"{len(table.classes)} classes ({', '.join(table.classes)}); fix 'options'")
-    train, test = split_indices(table, int(source["seed"]), float(source["test_size"]))
+    train, test = split_indices(table, int(source["seed"]), source["test_size"])
     if split not in ("train", "test"):
         raise FlanError(f"task {spec.name}: a tabular source has splits 'train' and 'test', not {split!r}")
+    if split == "train" and source.get("train_size"):  # a nested subset (flan lift --train-sizes)
+        train = train_subset(table, train, int(source["train_size"]), int(source["seed"]))
     rows = serialise_rows(table, source["names"], int(source["seed"]), int(source["digits"]))
     chosen = train if split == "train" else test
+    if split == "test" and table.clean_target is not None:  # a synthetic table: scored noise-free
+        for i in chosen:
+            rows[i]["target"] = float(table.clean_target[i])
+            rows[i]["target_text"] = format_number(float(table.clean_target[i]), int(source["digits"]))
     return [rows[i] for i in chosen], f"{table.origin} ({split}, seed {source['seed']})"

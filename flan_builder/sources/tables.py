@@ -1,4 +1,5 @@
-"""Tables for LIFT: scikit-learn's bundled datasets or a CSV / parquet file, checked and split.
+"""Tables for LIFT: scikit-learn's bundled datasets, a CSV / parquet file or a synthetic function
+(``sources/functions.py``), checked and split.
 
 A :class:`Table` holds the raw feature values, the target and what kind of task it is.
 Splits are the LIFT protocol's: a seeded 80/20 split, stratified by class for
@@ -39,6 +40,9 @@ class Table:
     classes: list[str]  # class names, in index order (empty for regression)
     origin: str  # where it came from, for messages and the manifest
     target_name: str = "target"
+    # A synthetic table's noise-free targets: test rows are scored against these (LIFT's protocol),
+    # training rows learn the noisy ``target``.
+    clean_target: list[float] | None = None
 
 
 def _import_sklearn() -> Any:
@@ -169,17 +173,23 @@ def _sort_key(label: str) -> tuple[int, float, str]:
     return (0, number, "") if number is not None else (1, 0.0, label)
 
 
-def split_indices(table: Table, seed: int, test_size: float = 0.2) -> tuple[list[int], list[int]]:
-    """Seeded train/test row indices; stratified by class for classification."""
+def split_indices(table: Table, seed: int, test_size: float | int = 0.2) -> tuple[list[int], list[int]]:
+    """Seeded train/test row indices; stratified by class for classification.
+
+    ``test_size``: a fraction of the rows, or (a whole number >= 1) a count of test rows.
+    """
     from sklearn.model_selection import train_test_split
 
-    if not 0 < test_size < 1:
+    counted = isinstance(test_size, int) and not isinstance(test_size, bool) and test_size >= 1
+    if counted and test_size >= len(table.rows):
+        raise FlanError(f"{table.name}: {test_size} test rows leave no training rows of {len(table.rows)}")
+    if not counted and not 0 < test_size < 1:
         raise FlanError(f"test_size must be between 0 and 1 (got {test_size})")
     indices = list(range(len(table.rows)))
     stratify = None
     if table.kind == "classification":
         counts = Counter(table.target)
-        n_test = math.ceil(test_size * len(indices))
+        n_test = int(test_size) if counted else math.ceil(test_size * len(indices))
         smallest = min(counts, key=counts.__getitem__)
         if counts[smallest] < 2:
             raise FlanError(f"{table.name}: class {table.classes[smallest]!r} has {counts[smallest]} row; "
@@ -196,10 +206,44 @@ def split_indices(table: Table, seed: int, test_size: float = 0.2) -> tuple[list
     return sorted(train), sorted(test)
 
 
+def train_subset(table: Table, train: list[int], size: int, seed: int) -> list[int]:
+    """The first ``size`` rows of one seeded order of ``train``: a larger size holds every smaller one.
+
+    For classification the order starts with one row of each class, then follows each class's
+    share (a row of a class with n training rows at positions 1/n, 2/n, ... of the way), so every
+    prefix has every class and stays close to stratified. Returned sorted.
+    """
+    import random
+
+    if size > len(train):
+        raise FlanError(f"--train-sizes {size}: the training split of {table.name} has only {len(train)} "
+                        f"rows (seed {seed}); use sizes up to {len(train)}")
+    rng = random.Random(f"train-subset:{seed}")
+    order = list(train)
+    rng.shuffle(order)
+    if table.kind == "classification":
+        by_class: dict[Any, list[int]] = {}
+        for index in order:
+            by_class.setdefault(table.target[index], []).append(index)
+        if size < len(by_class):
+            raise FlanError(f"--train-sizes {size}: {table.name} has {len(by_class)} classes, so a training "
+                            f"set needs at least {len(by_class)} rows (one per class)")
+        firsts = [members[0] for members in by_class.values()]
+        rng.shuffle(firsts)
+        rest = sorted(((k / len(members), rng.random(), index) for members in by_class.values()
+                       for k, index in enumerate(members) if k > 0))
+        order = firsts + [index for _, _, index in rest]
+    return sorted(order[:size])
+
+
 def load_table(source: dict[str, Any], base: Path | None = None) -> Table:
     """The table a spec's ``source.tabular`` names (a relative file is relative to ``base``)."""
     if "sklearn" in source:
         return load_sklearn(source["sklearn"])
+    if "function" in source:
+        from flan_builder.sources.functions import function_table
+
+        return function_table(source["function"])
     path = Path(source["file"])
     if base is not None and not path.is_absolute():
         path = base / path

@@ -208,6 +208,8 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> T
     # Seed before the model and adapter exist: adapter initialisation draws random numbers.
     set_seed(args.seed)
     model = load_model(source, dtype=torch.float32 if not args.bf16 else torch.bfloat16)
+    if recipe.train["init"] == "random":
+        model = random_init(model)
     peft_config = make_peft_config(recipe.peft, model)
     work.mkdir(parents=True, exist_ok=True)
     _write_recipe(recipe, work)
@@ -261,6 +263,7 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> T
         "tokens_seen": trainer.tokens_seen,
         "resumed_from": str(checkpoint) if checkpoint else None,
         "padding_free": padding_free,
+        "init": recipe.train["init"],
         "packing": bool(recipe.sft.get("packing")),
         "compact_lm_head": trainer.compact_lm_head,
         "seed": args.seed,
@@ -275,6 +278,15 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> T
     return TrainResult(out, manifest)
 
 
+def random_init(model: Any) -> Any:
+    """The same architecture and parameter count with freshly drawn weights (the caller seeds)."""
+    from transformers import AutoModelForCausalLM
+
+    fresh = AutoModelForCausalLM.from_config(model.config, dtype=model.dtype)
+    fresh.generation_config = model.generation_config
+    return fresh
+
+
 def _write_recipe(recipe: Recipe, folder: Path) -> None:
     """The recipe as resolved (defaults and overrides applied), beside the run's files."""
     (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_json(), sort_keys=False), encoding="utf-8")
@@ -283,14 +295,18 @@ def _write_recipe(recipe: Recipe, folder: Path) -> None:
 def _write_output(trainer: Any, tokenizer: Any, recipe: Recipe, manifest: dict[str, Any], out: Path,
                   overwrite: bool, started: float) -> None:
     with atomic_directory(out, overwrite=overwrite) as tmp:
+        if recipe.train["init"] == "random" and recipe.method != "full":
+            # an adapter alone would load onto the pretrained weights: save the whole tuned model
+            trainer.model = trainer.model.merge_and_unload()
+            manifest["merged"] = "."
         trainer.save_model(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         tensorboard = partial_dir(out) / "checkpoints" / "runs"
         if tensorboard.is_dir():  # report_to: tensorboard writes beside the checkpoints; keep it
             shutil.copytree(tensorboard, tmp / "runs")
         _write_recipe(recipe, tmp)
-        write_model_card(manifest, tmp)  # names the base model's licence
-        if recipe.train["merge"]:
+        write_model_card(manifest, tmp, merged="merged" in manifest)  # names the base model's licence
+        if recipe.train["merge"] and "merged" not in manifest:
             if recipe.method == "full":
                 manifest["merged"] = "."  # a full fine-tune is already a whole model
             else:

@@ -98,6 +98,9 @@ _TRAIN: _Schema = {
     # "auto": padding-free batches when the PEFT method allows it (not virtual-token methods).
     "padding_free": ((bool, str), one_of(True, False, "auto"), "auto"),
     "merge": ((bool,), None, False),
+    # "random": the model's architecture with freshly drawn weights (from_config, seeded by sft.seed)
+    # instead of its pretrained ones; what pretraining buys (flan lift --init random).
+    "init": ((str,), one_of("pretrained", "random"), "pretrained"),
 }
 
 # SFTConfig defaults we change, and why: see the recipes' comments and the README.
@@ -355,6 +358,10 @@ def validate_recipe(data: dict[str, Any], source: str = "<recipe>",
     if sft.get("packing") and peft["method"] in VIRTUAL_TOKEN_METHODS:
         raise FlanError(f"{source}: sft.packing cannot be used with peft.method {peft['method']}: "
                         "packed examples would share one set of virtual tokens; set sft.packing: false")
+    if train["init"] == "random" and peft["method"] in VIRTUAL_TOKEN_METHODS:
+        raise FlanError(f"{source}: train.init random needs a method whose weights fold into the model "
+                        f"(lora, ia3, full), not {peft['method']}: the run is saved as a whole model, "
+                        "since an adapter alone would load onto the pretrained weights")
     if train["merge"] and peft["method"] in VIRTUAL_TOKEN_METHODS:
         raise FlanError(f"{source}: train.merge (--merge) is not possible with {peft['method']}: "
                         "virtual tokens are not weights that fold into the model")

@@ -355,9 +355,9 @@ def test_lift_extend_adds_seeds_and_modes_without_retraining(tmp_path, tiny_mode
     trained = []
     real_train = lift_run._train
 
-    def counting_train(config, dataset, seed, run_dir):
+    def counting_train(config, dataset, seed, run_dir, **kwargs):
         trained.append(run_dir.name)
-        return real_train(config, dataset, seed, run_dir)
+        return real_train(config, dataset, seed, run_dir, **kwargs)
 
     monkeypatch.setattr(lift_run, "_train", counting_train)
     # settings that differ from the report's are refused before any work, and the report is untouched
