@@ -253,6 +253,8 @@ templates:
     assert {r["format"] for r in rows if r["task"] == "lonely"} == {"zs_opt"}
     plenty = [r for r in rows if r["task"] == "plenty"]
     assert any(r["format"] == "fs_opt" and len(r["exemplar_indices"]) == 2 for r in plenty)
+    # 40 rows, 3 drawn per few-shot row: the query is often among them and must be left out
+    assert all(r["source_index"] not in r["exemplar_indices"] for r in plenty)
     with pytest.raises(FlanError, match="task lonely: its train split has 1 row.*add zs_opt / zs_noopt"):
         run("only-few", ("fs_opt",))
 
