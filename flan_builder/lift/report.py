@@ -135,6 +135,7 @@ def per_seed_table(results: dict[str, Any]) -> str:
 
 # The baselines LIFT draws beside the learned function.
 PLOTTED_BASELINES = ("polynomial_regression", "gaussian_process", "knn", "mlp")
+BASELINE_COLOURS = ("tab:blue", "tab:orange", "tab:olive", "tab:brown")  # none of the LM methods' colours
 _COLOURS = {"lift": "tab:red", "lift_random": "tab:purple", "in_context": "tab:green", "base": "tab:orange"}
 
 
@@ -208,10 +209,10 @@ def _function(ax: Any, results: dict[str, Any]) -> None:
     if plot["dim"] == 1:
         ax.scatter([x[0] for x in plot["train_x"]], plot["train_y"], s=6, color="0.75", label="training rows")
         ax.plot(plot["grid_x"], plot["grid_truth"], color="black", linewidth=2, label="truth")
-        for name in PLOTTED_BASELINES:
+        for name, colour in zip(PLOTTED_BASELINES, BASELINE_COLOURS, strict=True):
             if name in plot["curves"]:
                 ax.plot(plot["grid_x"], plot["curves"][name], linewidth=0.9, linestyle="--", alpha=0.8,
-                        label=name.replace("_", " "))
+                        color=colour, label=name.replace("_", " "))
         test_x = [x[0] for x in plot["test_x"]]
         for (label, values), marker in zip(predictions.items(), "ovsD^", strict=False):
             kept = [(x, v) for x, v in zip(test_x, values, strict=True) if v is not None]
@@ -226,9 +227,9 @@ def _function(ax: Any, results: dict[str, Any]) -> None:
         ax.plot([low, high], [low, high], color="black", linewidth=1.5, label="truth (y = x)")
         baseline = next(r for r in results["records"] if r["method"] == "baselines"
                         and r["seed"] == plot["seed"] and r.get("train_size") == plot["train_size"])
-        for name in PLOTTED_BASELINES:
+        for name, colour in zip(PLOTTED_BASELINES, BASELINE_COLOURS, strict=True):
             if name in baseline["scores"]:
-                ax.scatter(truth, baseline["scores"][name]["predictions"], s=5, alpha=0.6,
+                ax.scatter(truth, baseline["scores"][name]["predictions"], s=5, alpha=0.6, color=colour,
                            label=name.replace("_", " "))
         for (label, values), marker in zip(predictions.items(), "ovsD^", strict=False):
             kept = [(t, v) for t, v in zip(truth, values, strict=True) if v is not None]
