@@ -262,15 +262,14 @@ def task_name(config: dict[str, Any]) -> str:
     return f"function_{config.get('name', 'custom')}_{config['dim']}d"
 
 
-def function_table(raw: dict[str, Any]) -> Any:
-    """The synthetic table: n_train + n_test inputs, noisy targets, and the noise-free ones.
+def function_data(raw: dict[str, Any]) -> dict[str, Any]:
+    """The synthetic table's parts: n_train + n_test inputs, noisy targets, and the noise-free ones
+    (``tables.function_table`` makes the Table; this module stays below ``tables``).
 
     Every row is drawn the same way; the seeded split (``test_size`` = n_test rows) decides
     which are test rows, and a test row is scored against its noise-free target
     (``Table.clean_target``), as LIFT does.
     """
-    from flan_builder.sources.tables import Table
-
     config = settings(raw)
     truth_of = target_function(config)
     rng = random.Random(f"lift-function:{config['data_seed']}")
@@ -279,8 +278,8 @@ def function_table(raw: dict[str, Any]) -> Any:
     truth = [truth_of(x) for x in rows]
     spread = statistics.pstdev(truth) if n > 1 else 0.0
     noisy = [t + rng.gauss(0.0, config["noise"] * spread) for t in truth]
-    return Table(task_name(config), "regression", list(INPUTS[:config["dim"]]), rows, noisy, [],
-                 f"synthetic: {describe(config)}", target_name="y", clean_target=truth)
+    return {"name": task_name(config), "features": list(INPUTS[:config["dim"]]), "rows": rows,
+            "target": noisy, "description": f"synthetic: {describe(config)}", "clean_target": truth}
 
 
 def grid(config: dict[str, Any], points: int = 400) -> tuple[list[float], list[float]]:

@@ -236,13 +236,20 @@ def train_subset(table: Table, train: list[int], size: int, seed: int) -> list[i
     return sorted(order[:size])
 
 
+def function_table(raw: dict[str, Any]) -> Table:
+    """A LIFT synthetic-function table (``sources.functions`` draws its rows)."""
+    from flan_builder.sources.functions import function_data
+
+    data = function_data(raw)
+    return Table(data["name"], "regression", data["features"], data["rows"], data["target"], [],
+                 data["description"], target_name="y", clean_target=data["clean_target"])
+
+
 def load_table(source: dict[str, Any], base: Path | None = None) -> Table:
     """The table a spec's ``source.tabular`` names (a relative file is relative to ``base``)."""
     if "sklearn" in source:
         return load_sklearn(source["sklearn"])
     if "function" in source:
-        from flan_builder.sources.functions import function_table
-
         return function_table(source["function"])
     path = Path(source["file"])
     if base is not None and not path.is_absolute():

@@ -45,7 +45,7 @@ def test_function_families_match_lift(name, x, y):
 
 
 def test_function_table_defaults_ranges_and_noise():
-    from flan_builder.sources.functions import function_table
+    from flan_builder.sources.tables import function_table
 
     table = function_table({"name": "quadratic"})
     assert table.kind == "regression" and table.feature_names == ["x1"]
@@ -68,7 +68,7 @@ def test_function_table_defaults_ranges_and_noise():
 
 
 def test_function_tables_are_seeded():
-    from flan_builder.sources.functions import function_table
+    from flan_builder.sources.tables import function_table
 
     first, again = function_table({"name": "linear"}), function_table({"name": "linear"})
     assert first.rows == again.rows and first.target == again.target
@@ -82,7 +82,7 @@ def test_function_test_rows_are_scored_noise_free(tmp_path):
     """Through the spec flan lift writes: training rows carry the noisy y, test rows the true one."""
     from flan_builder.lift.experiment import LiftConfig, task_spec
     from flan_builder.sources import load_split
-    from flan_builder.sources.functions import function_table
+    from flan_builder.sources.tables import function_table
 
     spec = task_spec(LiftConfig(out=tmp_path / "o", function="linear", function_rows=(40, 10)), tmp_path)
     assert spec.name == "function_linear_1d" and spec.type == "generation"
@@ -155,7 +155,8 @@ def test_expressions_never_reach_eval(monkeypatch):
 
 
 def test_expression_failures_name_the_point():
-    from flan_builder.sources.functions import Expression, function_table
+    from flan_builder.sources.functions import Expression
+    from flan_builder.sources.tables import function_table
 
     with pytest.raises(FlanError, match=r"fails at x1=0"):
         Expression("1 / x1")({"x1": 0.0})
