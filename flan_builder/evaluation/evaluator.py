@@ -74,6 +74,7 @@ def evaluate_models(config: EvalConfig) -> dict[str, Any]:
     separator = manifest.get("separator", "\n\n") if config.separator is None else config.separator
     work = partial_dir(config.out)
     log = ResultsLog(work)
+    state = _RunState(work, started)
     done = {(r["model"], r["task"], r["template"], r["options"]) for r in log.records
             if _done(r, separator, config.log_samples, config.shots)}
     shot_maker = ShotMaker(manifest, config.shots) if config.shots else None
@@ -83,11 +84,13 @@ def evaluate_models(config: EvalConfig) -> dict[str, Any]:
     for spec, name in zip(config.models, names, strict=True):
         todo = [(key, use) for key in groups for use in config.options
                 if (name, key[0], key[1], use) not in done]
-        if not todo:
-            models_info.append({"name": name, "resumed": True})
+        if not todo:  # scored by an earlier, interrupted run: its provenance was kept then
+            models_info.append(state.models.get(name, {"name": name}))
             continue
         lm = load_lm(spec, config.batch_size)
         models_info.append(lm.info)
+        state.models[name] = lm.info
+        state.save()
         with progress(todo, desc=f"evaluating {Path(name).name}", unit="template") as bar:
             for (task, template), use_options in bar:
                 rows, group_separator, shots_used = groups[(task, template)], separator, 0
@@ -113,6 +116,7 @@ def evaluate_models(config: EvalConfig) -> dict[str, Any]:
                             "shots_used": shots_used, "metric": metric,
                             "scores": scores, "samples": where,
                             "seconds": round(time.perf_counter() - t0, 2)})
+                state.save()
         lm.close()
         del lm
     latest = {(r["model"], r["task"], r["template"], r["options"]): r for r in log.records
@@ -130,7 +134,8 @@ def evaluate_models(config: EvalConfig) -> dict[str, Any]:
         "records": records,
         **summary,
         **({"gap_closed": gap_closed(summary, proxies, config.direct)} if proxies and config.direct else {}),
-        "wall_time_s": round(time.perf_counter() - started, 1),
+        "wall_time_s": round(state.elapsed(), 1),  # every session of a resumed run
+        "sessions": state.sessions,
     }
     with atomic_directory(config.out, overwrite=config.overwrite) as tmp:
         for record in records if config.log_samples else []:
@@ -141,6 +146,34 @@ def evaluate_models(config: EvalConfig) -> dict[str, Any]:
     extra = ", samples/" if config.log_samples else ""
     print(f"wrote {config.out}/results.json, report.md, report.png{extra}", file=sys.stderr)
     return results
+
+
+class _RunState:
+    """What a resumed evaluation must not forget, kept beside results.jsonl: each model's
+    provenance (kind, source, method, as loaded) and the wall time of earlier sessions."""
+
+    def __init__(self, work: Path, started: float) -> None:
+        self.path = work / "run_state.json"
+        self.started = started
+        saved: dict[str, Any] = {}
+        if self.path.is_file():
+            try:
+                saved = json.loads(self.path.read_text(encoding="utf-8"))
+            except ValueError:  # written atomically, so only a hand edit gets here
+                saved = {}
+        self.models: dict[str, Any] = saved.get("models", {})
+        self.earlier_s: float = saved.get("elapsed_s", 0.0)
+        self.sessions: int = saved.get("sessions", 0) + 1
+
+    def elapsed(self) -> float:
+        return self.earlier_s + time.perf_counter() - self.started
+
+    def save(self) -> None:
+        from flan_builder.atomic import write_json_atomic
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.path, {"models": self.models, "elapsed_s": round(self.elapsed(), 2),
+                                      "sessions": self.sessions})
 
 
 def _write_samples(path: Path, samples: list[dict[str, Any]], group: dict[str, Any]) -> None:

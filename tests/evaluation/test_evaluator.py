@@ -343,3 +343,34 @@ def test_proxy_tuned_rows_and_gap_closed_in_the_report(tmp_path, tiny_model_dir,
         assert g["gap_closed_pct"] is None if g["direct_score"] == g["base_score"] else \
             g["gap_closed_pct"] == pytest.approx(100.0)
     assert "% gap closed" in (out / "report.md").read_text()
+
+
+def test_a_resumed_evaluation_keeps_each_models_provenance_and_the_total_wall_time(
+        tmp_path, tiny_model_dir, toy_build, monkeypatch):
+    import shutil
+    import time
+
+    from flan_builder.evaluation import evaluator as run
+
+    twin = tmp_path / "twin"
+    shutil.copytree(tiny_model_dir, twin)
+    original = run.score_classification
+
+    def stop_at_the_second_model(lm, *args, **kwargs):
+        if lm.info["name"] == str(twin):
+            raise KeyboardInterrupt
+        return original(lm, *args, **kwargs)
+
+    monkeypatch.setattr(run, "score_classification", stop_at_the_second_model)
+    started = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        run.evaluate_models(_config(tmp_path, [tiny_model_dir, twin], toy_build))
+    first_session = time.perf_counter() - started
+    monkeypatch.setattr(run, "score_classification", original)
+    resumed = run.evaluate_models(_config(tmp_path, [tiny_model_dir, twin], toy_build))
+    whole = run.evaluate_models(_config(tmp_path / "again", [tiny_model_dir, twin], toy_build))
+    # the first model was not loaded again, yet its provenance is the one an uninterrupted run records
+    assert resumed["models"] == whole["models"]
+    assert resumed["models"][0]["kind"] == "local" and resumed["models"][0]["source"]
+    assert resumed["sessions"] == 2 and whole["sessions"] == 1
+    assert resumed["wall_time_s"] >= 0.9 * first_session
