@@ -101,6 +101,10 @@ def load_training_data(path: Path, heldout: str, tokenizer: Any, max_length: int
     rows = len(split)
     split = split.select_columns(["prompt", "completion"])
     if style == "messages":
+        if getattr(tokenizer, "chat_template", None) is None:  # TRL would raise a ValueError mid-setup
+            raise FlanError(f"{path} was built --as messages, but the model's tokenizer has no chat "
+                            "template (a base model such as gemma3-270m); rebuild the dataset without "
+                            "--as messages, or train a model that has one")
         # TRL applies the model's chat template and truncates; the trainer counts its drops.
         return TrainingData(split, manifest, style, rows)
     tokenized, stats = tokenize_prompt_completion(split, tokenizer, max_length)

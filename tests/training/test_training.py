@@ -263,6 +263,27 @@ def test_messages_datasets_train_with_the_chat_template(tmp_path, tiny_model_dir
     assert result.manifest["padding_free"] is False and result.manifest["steps"] == 4
 
 
+def test_messages_dataset_with_a_model_without_chat_template_is_a_one_line_error(tmp_path, tiny_model_dir):
+    import shutil
+
+    from flan_builder.build import BuildConfig, build
+    from flan_builder.errors import FlanError
+    from flan_builder.specs import load_registry
+
+    base = tmp_path / "base-model"  # a base model: the same tokenizer without its chat template
+    shutil.copytree(tiny_model_dir, base)
+    (base / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((base / "tokenizer_config.json").read_text(encoding="utf-8"))
+    config.pop("chat_template", None)
+    (base / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    data = tmp_path / "msgs"
+    build(BuildConfig(heldout="nli", out=data, data_dir=FIXTURE_DATA, templates_dir=FIXTURE_TEMPLATES,
+                      style="messages"), registry=load_registry(FIXTURE_TEMPLATES))
+    with pytest.raises(FlanError, match="built --as messages, but the model's tokenizer has no chat"):
+        train_recipe(make_recipe(tmp_path, base, data))
+    assert not (tmp_path / "run").exists() and not (tmp_path / ".run.partial").exists()
+
+
 # -- resume and atomic outputs -----------------------------------------------------------------
 
 def test_resume_gives_the_same_final_weights_as_an_uninterrupted_run(tmp_path, tiny_model_dir,
