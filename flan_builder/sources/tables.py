@@ -129,6 +129,9 @@ def load_file(path: Path, target: str, kind: str | None = None) -> Table:
     if kind == "classification":
         labels = [_label(v) for v in column]
         classes = sorted(set(labels), key=_sort_key)
+        if len(classes) < 2:  # nothing to classify (scikit-learn's baselines would raise)
+            raise FlanError(f"{path}: column {target!r} has only one class ({classes[0]!r} in all "
+                            f"{len(labels)} rows); a classification table needs at least two")
         index = {c: i for i, c in enumerate(classes)}
         target_values: list[Any] = [index[v] for v in labels]
     else:

@@ -209,6 +209,9 @@ def test_csv_table_kinds_and_classes(tmp_path):
      ["'big'", "not a number", "regression needs numeric targets"]),
     ("width,size\n" + "".join(f"{i},big\n{i},small\n" for i in range(5)) + "9,tiny\n",
      ["--target", "size"], ["class 'tiny' has 1 row", "at least 2 rows per class"]),
+    ("width,size\n" + "".join(f"{i},big\n" for i in range(6)),
+     ["--target", "size", "--kind", "classification"],
+     ["column 'size' has only one class ('big' in all 6 rows)", "at least two"]),
     ("", ["--target", "size"], ["is empty"]),
     ("width,size\n", ["--target", "size"], ["no data rows"]),
 ])
