@@ -180,10 +180,21 @@ class _BoundedEnvironment(ImmutableSandboxedEnvironment):
         return text
 
 
+class NullValueError(ValueError):
+    """A template printed a null value (it would appear as the text "None")."""
+
+
+def _refuse_null(value: Any) -> Any:
+    if value is None:
+        raise NullValueError("a value printed by the template is null")
+    return value
+
+
 def make_environment() -> SandboxedEnvironment:
     """The one Jinja environment every template and expression is compiled in."""
     return _BoundedEnvironment(
-        undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False
+        undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False,
+        finalize=_refuse_null,  # a null field that is printed is an error; one never printed is fine
     )
 
 
@@ -250,6 +261,12 @@ def _render_error(
     """A Jinja failure on a row, as a message naming what failed and what to fix."""
     if isinstance(exc, MissingKeyError):
         return TemplateRenderError(f"{where}: {exc}")
+    if isinstance(exc, NullValueError):
+        nulls = [name for name in sorted(row) if row[name] is None]
+        what = f"field '{nulls[0]}' is null" if len(nulls) == 1 else (
+            f"fields {', '.join(nulls)} are null" if nulls else "a value it prints is null")
+        return TemplateRenderError(f"{where}: {what} (it would print as 'None'); fill it in the data "
+                                   f"or drop the row")
     if isinstance(exc, jinja2.UndefinedError):
         return TemplateRenderError(
             f"{where}: missing field '{_undefined_name(exc)}' (the row has: "
@@ -501,10 +518,6 @@ class TaskRenderer:
     ) -> dict[str, Any]:
         """The names a template sees: the row's fields, ``row`` itself, and the answer choices."""
         where = where or f"task {self.spec.name}"
-        for name in self.spec.fields:
-            if name in row and row[name] is None:  # would render as the text "None"
-                raise TemplateRenderError(f"{where}: field '{name}' is null; fill it in the data or "
-                                          "drop the row")
         ctx: dict[str, Any] = {**self.globals, **row}
         ctx["row"] = row
         ctx[_LOOP_GUARD] = _bounded_loop  # a row's own field of that name must not replace it
