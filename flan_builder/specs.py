@@ -560,5 +560,10 @@ def load_registry(root: Path | Sequence[Path] | None = None) -> Registry:
                 tasks[name] = spec
     if not tasks:
         raise FlanError(f"no task specs (<cluster>/<task>.yaml) found under {', '.join(map(str, roots))}")
+    for spec in tasks.values():
+        unknown = [name for name in spec.shares_source_with if name not in tasks]
+        if unknown:
+            raise _fail(spec.path, None, f"task {spec.name}: shares_source_with names unknown "
+                        f"task(s) {', '.join(unknown)}; valid tasks: {', '.join(sorted(tasks))}")
     return Registry(tasks=dict(sorted(tasks.items())), root=roots[0], cluster_files=clusters,
                     roots=tuple(roots), shadowed=shadowed)
