@@ -84,9 +84,8 @@ def remove_leftovers(out: Path) -> list[Path]:
 def atomic_directory(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory that becomes ``out`` only if the block succeeds."""
     out = Path(out)
-    check_output_free(out, overwrite)
+    check_output_free(out, overwrite)  # also removes what killed runs left
     out.parent.mkdir(parents=True, exist_ok=True)
-    remove_leftovers(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:

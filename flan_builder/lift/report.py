@@ -213,12 +213,7 @@ def _function(ax: Any, results: dict[str, Any]) -> None:
             if name in plot["curves"]:
                 ax.plot(plot["grid_x"], plot["curves"][name], linewidth=0.9, linestyle="--", alpha=0.8,
                         color=colour, label=name.replace("_", " "))
-        test_x = [x[0] for x in plot["test_x"]]
-        for (label, values), marker in zip(predictions.items(), "ovsD^", strict=False):
-            kept = [(x, v) for x, v in zip(test_x, values, strict=True) if v is not None]
-            if kept:
-                ax.scatter(*zip(*kept, strict=True), s=14, marker=marker, zorder=5, label=label,
-                           color=_COLOURS.get(_method_of(label)))
+        _scatter_predictions(ax, [x[0] for x in plot["test_x"]], predictions)
         ax.set_xlabel("x1")
         ax.set_ylabel("y")
     else:
@@ -231,15 +226,20 @@ def _function(ax: Any, results: dict[str, Any]) -> None:
             if name in baseline["scores"]:
                 ax.scatter(truth, baseline["scores"][name]["predictions"], s=5, alpha=0.6, color=colour,
                            label=name.replace("_", " "))
-        for (label, values), marker in zip(predictions.items(), "ovsD^", strict=False):
-            kept = [(t, v) for t, v in zip(truth, values, strict=True) if v is not None]
-            if kept:
-                ax.scatter(*zip(*kept, strict=True), s=14, marker=marker, zorder=5, label=label,
-                           color=_COLOURS.get(_method_of(label)))
+        _scatter_predictions(ax, truth, predictions)
         ax.set_xlabel("true y (noise-free)")
         ax.set_ylabel("predicted y")
     ax.set_title(f"{results['task']}: test rows, seed {plot['seed']}, {rows}", fontsize=9)
     ax.legend(fontsize=6)
+
+
+def _scatter_predictions(ax: Any, xs: list[float], predictions: dict[str, list[Any]]) -> None:
+    """One marker per model's answered test row at ``xs`` (unparsable answers are not drawn)."""
+    for (label, values), marker in zip(predictions.items(), "ovsD^", strict=False):
+        kept = [(x, v) for x, v in zip(xs, values, strict=True) if v is not None]
+        if kept:
+            ax.scatter(*zip(*kept, strict=True), s=14, marker=marker, zorder=5, label=label,
+                       color=_COLOURS.get(_method_of(label)))
 
 
 def _method_of(label: str) -> str:

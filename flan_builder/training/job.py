@@ -236,7 +236,7 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> T
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     trainer.accelerator.wait_for_everyone()
     steps = trainer.state.global_step
-    segment = steps - (int(checkpoint.name.split("-")[1]) if checkpoint else 0)
+    segment = steps - trainer.resumed_totals["step"]  # steps this process ran
 
     history = trainer.state.log_history
     losses = [(h["step"], h["loss"]) for h in history if "loss" in h]

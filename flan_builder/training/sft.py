@@ -96,7 +96,7 @@ class FlanSFTTrainer(SFTTrainer):
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         self.compact_lm_head = compact_lm_head and install_compact_lm_head(base)
 
-        self.resumed_totals = {"tokens_seen": 0, "loss_sum": 0.0}
+        self.resumed_totals = {"step": 0, "tokens_seen": 0, "loss_sum": 0.0}  # a checkpoint's, on resume
         self.add_callback(_SaveRunTotals(self))
 
     @property
