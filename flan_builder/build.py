@@ -46,6 +46,8 @@ from flan_builder.mixing import (
 )
 from flan_builder.processes import exit_with_parent
 from flan_builder.progress import progress, quiet_datasets_unless_terminal
+from flan_builder.prompt_styles import DEFAULT_PROMPT_STYLE, check_style, styled_spec
+from flan_builder.prompt_styles import describe as describe_style
 from flan_builder.sources import Rows, load_split
 from flan_builder.specs import Registry, TaskSpec, load_registry
 from flan_builder.templating import DEFAULT_SEPARATOR, RenderedExample, TaskRenderer
@@ -78,6 +80,7 @@ class BuildConfig:
     templates_dir: Path | list[Path] | None = None  # a folder, or a search path
     contamination: str = DEFAULT_MODE  # drop | report | fail: held-out text found in training rows
     fewshot: FewShotSettings = field(default_factory=FewShotSettings)  # --formats, --shots (fewshot.py)
+    prompt_style: str = DEFAULT_PROMPT_STYLE  # training rows: instructions | no_template | dataset_name
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -335,6 +338,19 @@ def _check_no_leak(train: list[dict[str, Any]], heldout: list[dict[str, Any]]) -
                         "remove the duplicate from the training data")
 
 
+def _check_prompt_style(config: BuildConfig, plain: bool) -> None:
+    check_style(config.prompt_style)
+    if config.prompt_style == DEFAULT_PROMPT_STYLE:
+        return
+    what = f"--prompt-style {config.prompt_style}"
+    if not plain:
+        raise FlanError(f"{what} builds zero-shot rows in one format; drop --formats (use --no-options "
+                        "for rows without the OPTIONS suffix)")
+    if config.mixing.all_templates or config.mixing.max_templates is not None:
+        raise FlanError(f"{what} renders each training row once, without templates; drop "
+                        "--all-templates / --max-templates")
+
+
 def build(config: BuildConfig, registry: Registry | None = None) -> BuildResult:
     """Build the dataset described by ``config`` and write it atomically to ``config.out``."""
     started = time.perf_counter()
@@ -348,10 +364,14 @@ def build(config: BuildConfig, registry: Registry | None = None) -> BuildResult:
     check_output_free(Path(config.out), config.overwrite)
     fewshot = config.fewshot.resolved(config.with_options)
     check_tokenizer(fewshot.tokenizer if fewshot.few_shot else None)
+    _check_prompt_style(config, fewshot.plain)
     registry = registry or load_registry(config.templates_dir)
     plan = plan_split(registry, config.heldout, train_clusters=config.train_clusters,
                       tasks=config.tasks, with_clusters=config.with_clusters,
                       eval_only=config.eval_only)
+    # FLAN's no-template / dataset-name ablation changes the training rows only (prompt_styles.py).
+    originals = {spec.name: spec for spec in plan.train_tasks}
+    plan.train_tasks = [styled_spec(spec, config.prompt_style) for spec in plan.train_tasks]
     # Compile every template before loading any data: a syntax error should fail in seconds.
     renderers = {
         spec.name: TaskRenderer(spec, with_options=config.with_options, separator=config.separator)
@@ -416,6 +436,7 @@ def build(config: BuildConfig, registry: Registry | None = None) -> BuildResult:
         "counts": {name: _counts(rows) for name, rows in splits.items()},
         "contamination": contamination.to_json(plan.shares_source),
         "formats": formats,  # zero-/few-shot, with/without OPTIONS: what was drawn and made (train)
+        "prompt_style": describe_style(plan.train_tasks, originals, config.prompt_style),
         "content_hash": {**hashes, "all": content_hash([hashes])},
         "content_hash_columns": hashed,
     }

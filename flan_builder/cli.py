@@ -25,6 +25,7 @@ EPILOG_BUILD = """examples:
   flan build --heldout nli --data-dir ../shared/data --out build/nli-tab --with tabular   # + LIFT tables
   flan build --heldout nli --data-dir ../shared/data --out build/nli-msgs --as messages --format parquet
   flan build --heldout nli --out build/nli-flan2 --formats zs_opt,zs_noopt,fs_opt,fs_noopt   # FLAN v2 mix
+  flan build --heldout nli --out build/nli-raw --prompt-style no_template   # FLAN's no-template ablation
   flan build --heldout nli --out build/nli --push-to-hub USER/flan-nli   # HF_TOKEN from the environment
 """
 
@@ -223,6 +224,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         templates_dir=template_roots(args),
         contamination=args.contamination,
+        prompt_style=args.prompt_style,
         fewshot=FewShotSettings(formats=tuple(args.formats) if args.formats else None, shots=args.shots,
                                 variant=args.fewshot_variant, budget=args.fewshot_budget,
                                 tokenizer=args.fewshot_tokenizer),
@@ -243,6 +245,9 @@ def cmd_build(args: argparse.Namespace) -> int:
         print(summary)
     if formats := formats_line(manifest["formats"]):
         print(formats)
+    if manifest["prompt_style"]["style"] != "instructions":
+        print(f"prompt style: {manifest['prompt_style']['style']} (training rows only; the held-out "
+              "rows keep their instructions)")
     print(f"content hash {manifest['content_hash']['all'][:16]}, {manifest['wall_time_s']} s "
           f"-> {result.out}")
     if args.push_to_hub:
@@ -394,6 +399,10 @@ def build_parser() -> argparse.ArgumentParser:
     bld.add_argument("--max-templates", type=positive_int, default=None,
                      help="use only each task's first K templates for training (ablation)")
     bld.add_argument("--no-options", action="store_true", help="leave out the OPTIONS suffix (ablation)")
+    bld.add_argument("--prompt-style", choices=("instructions", "no_template", "dataset_name"),
+                     default="instructions", help="training rows: the templates' instructions (default), "
+                     "the input fields only, or '[task] ' + the input fields (FLAN's ablation; held-out "
+                     "rows keep their instructions)")
     bld.add_argument("--as", dest="as_", choices=("prompt-completion", "messages"),
                      default="prompt-completion", help="TRL prompt-completion (default) or conversational")
     bld.add_argument("--format", action="append", choices=("parquet", "jsonl"),
