@@ -72,6 +72,7 @@ class BuildConfig:
     separator: str = DEFAULT_SEPARATOR
     tasks: list[str] | None = None
     train_clusters: list[str] | None = None
+    num_train_clusters: int | None = None  # the first N clusters, most training tasks first (FLAN 4.1)
     with_clusters: list[str] | None = None  # opt-in clusters to train on too (tabular)
     max_eval_rows: int | None = None
     num_proc: int = 1
@@ -368,7 +369,7 @@ def build(config: BuildConfig, registry: Registry | None = None) -> BuildResult:
     registry = registry or load_registry(config.templates_dir)
     plan = plan_split(registry, config.heldout, train_clusters=config.train_clusters,
                       tasks=config.tasks, with_clusters=config.with_clusters,
-                      eval_only=config.eval_only)
+                      eval_only=config.eval_only, num_train_clusters=config.num_train_clusters)
     # FLAN's no-template / dataset-name ablation changes the training rows only (prompt_styles.py).
     originals = {spec.name: spec for spec in plan.train_tasks}
     plan.train_tasks = [styled_spec(spec, config.prompt_style) for spec in plan.train_tasks]

@@ -217,6 +217,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         export_formats=tuple(args.format or ()),
         tasks=args.tasks,
         train_clusters=args.train_clusters,
+        num_train_clusters=args.num_train_clusters,
         with_clusters=args.with_clusters,
         max_eval_rows=args.max_eval_rows,
         num_proc=args.num_proc,
@@ -413,6 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "evaluate a task without training on anything")
     bld.add_argument("--train-clusters", type=comma_list, default=None,
                      help="train only on these clusters (ablation: number of clusters)")
+    bld.add_argument("--num-train-clusters", type=positive_int, default=None, metavar="N",
+                     help="train only on the first N clusters, most training tasks first (FLAN's "
+                          "number-of-clusters ablation; the manifest's split_plan lists them)")
     bld.add_argument("--with", dest="with_clusters", type=comma_list, default=None, metavar="CLUSTERS",
                      help="also train on these opt-in clusters (tabular: LIFT's tables as text)")
     bld.add_argument("--max-eval-rows", type=positive_int, default=None,

@@ -6,6 +6,8 @@
   Siblings are data: ``siblings:`` in ``templates/<cluster>/_cluster.yaml``.
 - A dataset that sits in more than one cluster leaves training when any of its
   clusters is held out (or is a sibling of the held-out one).
+- ``num_train_clusters``: FLAN's number-of-clusters ablation (section 4.1) keeps the first N
+  training clusters in decreasing order of their number of training tasks (ties by name).
 - Two datasets made from the same source text (``shares_source_with:`` in a spec: WNLI and
   WSC) may sit in different clusters; the build's content check (``flan_builder.contamination``)
   finds the training rows that hold held-out text and, by default, drops them.
@@ -13,6 +15,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 from flan_builder.errors import FlanError
@@ -38,10 +41,32 @@ class SplitPlan:
             "heldout_cluster": self.heldout,
             "blocked_clusters": self.blocked_clusters,
             "train_tasks": [t.name for t in self.train_tasks],
+            "train_clusters": cluster_order(self.train_tasks),  # most training tasks first
             "heldout_tasks": [t.name for t in self.heldout_tasks],
             "excluded_from_train": self.excluded,
             "shares_source_with_heldout": self.shares_source,
         }
+
+
+def cluster_order(train: list[TaskSpec]) -> list[str]:
+    """Training clusters by decreasing number of training tasks, ties by name (FLAN 4.1's order)."""
+    counts = Counter(spec.cluster for spec in train)
+    return sorted(counts, key=lambda cluster: (-counts[cluster], cluster))
+
+
+def _first_clusters(
+    train: list[TaskSpec], count: int, heldout: str | None, excluded: dict[str, str]
+) -> list[TaskSpec]:
+    order = cluster_order(train)
+    if count < 1 or count > len(order):
+        held = f"holding out {heldout}" if heldout else "holding out nothing"
+        raise FlanError(f"--num-train-clusters {count}: {held}, {len(order)} clusters train "
+                        f"({', '.join(order)}); give 1 to {len(order)}")
+    kept = set(order[:count])
+    for spec in train:
+        if spec.cluster not in kept:
+            excluded[spec.name] = f"not among the first {count} training clusters (--num-train-clusters)"
+    return [spec for spec in train if spec.cluster in kept]
 
 
 def plan_split(
@@ -52,6 +77,7 @@ def plan_split(
     tasks: list[str] | None = None,
     with_clusters: list[str] | None = None,
     eval_only: bool = False,
+    num_train_clusters: int | None = None,
 ) -> SplitPlan:
     """Apply the held-out rules to every task in the registry.
 
@@ -125,6 +151,8 @@ def plan_split(
         reasons = "; ".join(f"{name}: {excluded.get(name, 'not trainable')}" for name in sorted(wanted))
         raise FlanError(f"--tasks leaves nothing to train on ({reasons}); name a task that trains, "
                         "hold out another cluster, or pass --eval-only to build only the held-out split")
+    if num_train_clusters is not None:
+        train = _first_clusters(train, num_train_clusters, heldout, excluded)
     if not train and heldout is None:
         raise FlanError("no task is left for training; check --tasks / --train-clusters")
     evaluated_names = {s.name for s in evaluated}

@@ -89,6 +89,11 @@ class Shipped:
         if d.get("heldout") == "none":
             return f"holds out no cluster: {how} -> {d.get('output')}"
         also = f" (drops {', '.join(sorted(siblings))} from training too)" if siblings else ""
+        points = d.get("sweep")
+        if isinstance(points, list):  # a sweep recipe (training/sweep.py): one run per point
+            names = ",".join(str(p.get("name")) for p in points if isinstance(p, dict))
+            return (f"sweep of {len(points)} runs, holds out {d.get('heldout')}{also}: {how} each "
+                    f"-> {d.get('output')}-{{{names}}}")
         return f"holds out {d.get('heldout')}{also}: {how} -> {d.get('output')}"
 
 

@@ -42,7 +42,10 @@ _GENERATION_KEYS = {"max_new_tokens", "stop"}
 OUTPUT_TYPES = ("multiple_choice", "generate_until")
 DEFAULT_METRIC = "flan_qa"  # exact match and token F1: short generated answers
 DEFAULT_MAX_NEW_TOKENS = 32
-_SOURCE_KEYS = {"hub_id", "config", "mirror", "splits", "revision", "tabular"}
+_SOURCE_KEYS = {"hub_id", "config", "mirror", "splits", "revision", "tabular", "eval_slice"}
+# A dataset released with only a train split (FLAN's CoT sources) gets its evaluation rows as a
+# seeded slice of that split, which its training role then leaves out (sources.load_split).
+_EVAL_SLICE_KEYS = {"rows", "seed"}
 # A table (scikit-learn's bundled copy, a CSV / parquet file, or a synthetic function) serialised
 # into text rows; train_size: a nested subset of the training split (flan lift --train-sizes).
 _TABULAR_KEYS = {"sklearn", "file", "function", "target", "kind", "names", "seed", "test_size", "digits",
@@ -79,6 +82,7 @@ class SourceSpec:
     splits: dict[str, str]  # role ("train" / "eval") -> split name
     revision: str | None = None
     tabular: dict[str, Any] | None = None  # a table source instead of the Hub (see sources/tables.py)
+    eval_slice: dict[str, int] | None = None  # {rows, seed}: eval rows carved out of the train split
 
 
 @dataclass(frozen=True)
@@ -302,6 +306,25 @@ def _tabular_source(path: Path, task: str, value: Any) -> dict[str, Any] | None:
     return table
 
 
+def _eval_slice(path: Path, task: str, value: Any, splits: dict[str, str]) -> dict[str, int] | None:
+    """``eval_slice: {rows: N, seed: S}``: the eval role is N seeded rows of the train split."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _fail(path, None, f"task {task}: source.eval_slice must be a mapping {{rows: N, seed: S}}")
+    _check_keys(path, value, _EVAL_SLICE_KEYS, f"source.eval_slice of task {task}")
+    rows, seed = value.get("rows"), value.get("seed", 0)
+    for key, number, least in (("rows", rows, 1), ("seed", seed, 0)):
+        if not isinstance(number, int) or isinstance(number, bool) or number < least:
+            raise _fail(path, value.get("__line__"), f"task {task}: source.eval_slice.{key} must be a whole "
+                        f"number >= {least}, got {number!r}")
+    if splits.get("train") is None or splits.get("eval") != splits["train"]:
+        raise _fail(path, value.get("__line__"), f"task {task}: source.eval_slice carves the eval rows out "
+                    "of the train split, so source.splits must name the same split for both (e.g. "
+                    "{train: train, eval: train})")
+    return {"rows": rows, "seed": seed}
+
+
 def _generation(path: Path, what: str, value: Any) -> dict[str, Any]:
     """A ``generation:`` mapping (max_new_tokens, stop), checked."""
     if value is None:
@@ -380,6 +403,11 @@ def load_spec(path: Path) -> TaskSpec:
     splits = {k: v for k, v in (source.get("splits") or {}).items() if not k.startswith("__")}
     if not splits or set(splits) - {"train", "eval"}:
         raise _fail(path, source.get("__line__"), f"task {name}: source.splits needs 'train' and/or 'eval'")
+    if splits.get("train") is not None and splits.get("eval") == splits["train"] \
+            and source.get("eval_slice") is None:  # every evaluated row would also be trained on
+        raise _fail(path, source.get("__line__"), f"task {name}: source.splits uses split "
+                    f"{splits['train']!r} for both train and eval; add source.eval_slice: "
+                    "{rows: N, seed: 0} to hold N rows of it out of training")
     fields = data["fields"]
     if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
         raise _fail(path, None, f"task {name}: 'fields' must be a list of field names")
@@ -419,6 +447,7 @@ def load_spec(path: Path) -> TaskSpec:
             splits=splits,
             revision=source.get("revision"),
             tabular=_tabular_source(path, name, source.get("tabular")),
+            eval_slice=_eval_slice(path, name, source.get("eval_slice"), splits),
         ),
         fields=tuple(fields),
         templates=parsed,

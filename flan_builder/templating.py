@@ -171,7 +171,9 @@ class _BoundedEnvironment(ImmutableSandboxedEnvironment):
         if isinstance(owner, (str, bytes)):  # 'x'.ljust(10**10), '{:>{}}'.format('x', 10**10)
             _check_int_args(args)
             _check_int_args(kwargs.values())
-            _check_format(owner)
+            # only a format call reads the text as a format: GSM8K's '15% * $1000'.split() is data
+            if getattr(__obj, "__name__", None) in ("format", "format_map"):
+                _check_format(owner)
         return super().call(__context, __obj, *args, **kwargs)
 
     def bounded_concat(self, parts: Iterable[Any]) -> str:

@@ -32,7 +32,10 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 def test_tasks_lists_every_task_with_cluster_type_templates_and_splits(capsys):
     code, out, _ = run(capsys, "tasks", "--data-dir", str(SHARED_DATA))
     assert code == 0
-    assert "37 tasks in 12 clusters" in out  # 32 shared datasets + 5 scikit-learn tables
+    # 32 shared datasets + 5 scikit-learn tables + 7 chain-of-thought sources + GSM8K
+    assert "45 tasks in 14 clusters" in out
+    creak = next(line for line in out.splitlines() if line.startswith("cot_creak "))
+    assert "train=train eval=train[200 held out]" in creak  # evaluated on a slice of its only split
     iris = next(line for line in out.splitlines() if line.startswith("iris "))
     assert "tabular" in iris and "train=train eval=test" in iris
     rte = next(line for line in out.splitlines() if line.startswith("super_glue_rte "))

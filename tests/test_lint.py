@@ -88,4 +88,5 @@ def test_every_real_template_lints_clean_on_real_rows(capsys):
     code = main(["templates", "lint", "--data-dir", str(SHARED_DATA), "--rows", "24"])
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "37 tasks" in out and "0 problems" in out  # 32 shared datasets + 5 scikit-learn tables
+    # 32 shared datasets + 5 scikit-learn tables + 7 chain-of-thought sources + GSM8K
+    assert "45 tasks" in out and "0 problems" in out

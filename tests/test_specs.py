@@ -91,15 +91,15 @@ templates:
         load_registry(tmp_path)
 
 
-def test_registry_lists_the_eleven_language_clusters_and_tabular(registry):
+def test_registry_lists_the_eleven_language_clusters_and_the_opt_in_ones(registry):
     assert registry.clusters == sorted([
         "closed_book_qa", "commonsense", "coreference", "nli", "paraphrase",
         "reading_comprehension", "sentiment", "struct_to_text", "summarization",
-        "topic_classification_misc", "translation", "tabular",
+        "topic_classification_misc", "translation", "tabular", "cot", "math",
     ])
-    # tabular (LIFT) is opt-in: every one of its tasks, and no other
+    # tabular (LIFT), cot and math (the Flan Collection's) are opt-in: every one of their tasks, no other
     assert {s.name for s in registry.tasks.values() if registry.is_opt_in(s)} == {
-        s.name for s in registry.in_cluster("tabular")}
+        s.name for c in ("tabular", "cot", "math") for s in registry.in_cluster(c)}
     assert registry.root == TEMPLATES
     # every cluster folder carries its facts as data
     assert set(registry.cluster_files) == set(registry.clusters)

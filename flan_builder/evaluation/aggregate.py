@@ -27,6 +27,9 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
                  "best_template": best(group, key=lambda r: r["scores"][metric])["template"]}
         if metric == "acc":
             entry["acc_norm_mean"] = statistics.fmean(r["scores"]["acc_norm"] for r in group)
+        if all("unparsable" in r["scores"] for r in group):  # rows with no readable answer, over templates
+            entry["unparsable"] = int(sum(r["scores"]["unparsable"] for r in group))
+            entry["rows_scored"] = int(sum(r["scores"]["n"] for r in group))
         datasets_.append(entry)
     clusters: dict[tuple[str, bool, str], list[dict[str, Any]]] = defaultdict(list)
     for entry in datasets_:

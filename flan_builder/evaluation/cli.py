@@ -17,6 +17,7 @@ EPILOG = """examples:
   flan eval ... --limit 50 --templates 3     # 50 rows per dataset, first 3 templates
   flan eval ... --separator " " --log-samples   # lm-eval's protocol; every row's scores in samples/
   flan eval ... --shots 2                    # 2 exemplars per prompt from each task's train split
+  flan eval ... --cot zero-shot              # "Let's think step by step.", then the answer (cot / math tasks)
   flan eval --model BASE --expert runs/heldout-nli --anti smollm2-135m --alpha 1.0 \\
       --direct runs/base-tuned --data build/heldout-nli --out reports/proxy   # proxy-tuning
 The first --model is the base that the others are compared with. With --expert and --anti the
@@ -47,7 +48,7 @@ def config_from_args(args: argparse.Namespace):  # -> EvalConfig
         settings["models"] = list(args.model)
     for flag, key in (("limit", "limit"), ("templates", "templates"), ("template", "template_filter"),
                       ("task", "tasks"), ("batch_size", "batch_size"), ("shots", "shots"),
-                      ("direct", "direct")):
+                      ("direct", "direct"), ("cot", "cot")):
         if getattr(args, flag) is not None:
             settings[key] = getattr(args, flag)
     if args.data:
@@ -111,6 +112,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-options", action="store_true", help="same as --options without")
     parser.add_argument("--shots", type=int, help="exemplars per prompt from each held-out task's own train "
                                                   "split (default 0: zero-shot, FLAN's protocol)")
+    parser.add_argument("--cot", choices=("none", "zero-shot"), default=None,
+                        help="zero-shot: chain of thought on tasks scored by answer extraction (cot, math): "
+                             "'Let's think step by step.', the reasoning, then 'Therefore, the answer is' "
+                             "and the answer (Kojima et al. 2022); default none: the prompt as built")
     parser.add_argument("--batch-size", type=batch_size, default=None, help="'auto' (default) or rows")
     parser.add_argument("--metric-from-hub", action="store_true",
                         help="use the Hub's evaluate metrics instead of the shipped local ones")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from flan_builder.evaluation.aggregate import aggregate, gap_closed
+from flan_builder.evaluation.cot import check_cot
 from flan_builder.evaluation.rows import load_heldout, task_evaluations
 from flan_builder.evaluation.scorers import score_classification, score_generation
 from flan_builder.evaluation.shots import ShotMaker
@@ -50,10 +51,13 @@ def sample_path(folder: str, task: str, template: str, use_options: bool) -> str
     return f"samples/{folder}/{_safe(task)}/{_safe(template)}{'' if use_options else '.no-options'}.jsonl"
 
 
-def _done(record: dict[str, Any], separator: str, log_samples: bool, shots: int = 0) -> bool:
+def _done(record: dict[str, Any], separator: str, log_samples: bool, shots: int = 0,
+          cot: str = "none") -> bool:
     """Whether a logged record stands for this run: same separator (a record without one predates
-    scoring options apart from the separator, so it is redone), same shots, and samples kept when asked."""
+    scoring options apart from the separator, so it is redone), same shots, same chain-of-thought mode,
+    and samples kept when asked."""
     return (record.get("separator") == separator and record.get("shots", 0) == shots
+            and record.get("cot", "none") == cot
             and (record.get("samples") is not None or not log_samples))
 
 
@@ -71,12 +75,13 @@ def evaluate_models(config: EvalConfig) -> dict[str, Any]:
     groups, manifest = load_heldout(config.data, tasks=config.tasks, template_filter=config.template_filter,
                                     templates=config.templates, limit=config.limit)
     evaluations = task_evaluations(manifest, {task for task, _ in groups})
+    check_cot(config.cot, evaluations, config.data)
     separator = manifest.get("separator", "\n\n") if config.separator is None else config.separator
     work = partial_dir(config.out)
     log = ResultsLog(work)
     state = _RunState(work, started)
     done = {(r["model"], r["task"], r["template"], r["options"]) for r in log.records
-            if _done(r, separator, config.log_samples, config.shots)}
+            if _done(r, separator, config.log_samples, config.shots, config.cot)}
     shot_maker = ShotMaker(manifest, config.shots) if config.shots else None
     names = [spec_name(spec) for spec in config.models]
     folders = sample_folders(names)
@@ -104,7 +109,7 @@ def evaluate_models(config: EvalConfig) -> dict[str, Any]:
                     scores = score_classification(lm, rows, group_separator, use_options, samples)
                 else:
                     scores = score_generation(lm, rows, evaluation, use_options, config.metric_from_hub,
-                                              samples)
+                                              samples, cot=config.cot, separator=group_separator)
                 metric = next(k for k in scores if k not in ("n", "examples"))
                 where = None
                 if samples is not None:  # on disk before the record that points at it
@@ -113,14 +118,14 @@ def evaluate_models(config: EvalConfig) -> dict[str, Any]:
                                                            "with_options": use_options})
                 log.append({"model": name, "task": task, "cluster": rows[0]["cluster"], "template": template,
                             "options": use_options, "separator": separator, "shots": config.shots,
-                            "shots_used": shots_used, "metric": metric,
+                            "shots_used": shots_used, "cot": config.cot, "metric": metric,
                             "scores": scores, "samples": where,
                             "seconds": round(time.perf_counter() - t0, 2)})
                 state.save()
         lm.close()
         del lm
     latest = {(r["model"], r["task"], r["template"], r["options"]): r for r in log.records
-              if r["model"] in names and _done(r, separator, config.log_samples, config.shots)}
+              if r["model"] in names and _done(r, separator, config.log_samples, config.shots, config.cot)}
     records = list(latest.values())
     summary = aggregate(records)
     proxies = {spec.name: spec.base for spec in config.models if not isinstance(spec, str)}
@@ -130,7 +135,7 @@ def evaluate_models(config: EvalConfig) -> dict[str, Any]:
         "heldout_cluster": manifest.get("heldout_cluster"),
         "models": models_info, "base": names[0],
         "limit": config.limit, "templates": config.templates, "suite": config.source,
-        "separator": separator, "log_samples": config.log_samples, "shots": config.shots,
+        "separator": separator, "log_samples": config.log_samples, "shots": config.shots, "cot": config.cot,
         "records": records,
         **summary,
         **({"gap_closed": gap_closed(summary, proxies, config.direct)} if proxies and config.direct else {}),

@@ -1,7 +1,8 @@
 """Evaluation metrics as data: each shipped ``evaluate`` module's folder carries a ``metric.yaml``.
 
 ``metric.yaml`` names the Hub module that ``--metric-from-hub`` uses instead (or null), the
-keys to report (the first is the headline), and which keys are errors (lower is better).
+keys to report (the first is the headline), which keys are errors (lower is better), and whether
+it reads an answer out of reasoning (``extracts_answer``: chain of thought).
 Rank classification's ``acc`` is built in. A new metric is one new folder; no Python edits.
 """
 
@@ -27,6 +28,7 @@ class Metric:
     keys: tuple[str, ...]
     hub: str | None = None
     lower_is_better: frozenset[str] = frozenset()
+    extracts_answer: bool = False  # reads an answer out of reasoning (flan_cot): `flan eval --cot` applies
 
     @property
     def path(self) -> Path:
@@ -44,7 +46,8 @@ def metric(name: str) -> Metric:
         raise FlanError(f"unknown metric {name!r}; shipped metrics: "
                         f"{', '.join([RANK_CLASSIFICATION, *known])}")
     data = yaml.safe_load(facts.read_text(encoding="utf-8")) or {}
-    return Metric(name, tuple(data["keys"]), data.get("hub"), frozenset(data.get("lower_is_better") or ()))
+    return Metric(name, tuple(data["keys"]), data.get("hub"), frozenset(data.get("lower_is_better") or ()),
+                  bool(data.get("extracts_answer", False)))
 
 
 @cache

@@ -30,6 +30,13 @@ def _norm(entry: dict[str, Any] | None, bold: bool = False) -> str:
     return f"**{text}**" if bold else text
 
 
+def _unparsable(entry: dict[str, Any] | None) -> str:
+    """An unparsable cell: rows with no readable answer (counted wrong) of the rows scored."""
+    if not entry or "unparsable" not in entry:
+        return "-"
+    return f"{entry['unparsable']} / {entry['rows_scored']}"
+
+
 def table(results: dict[str, Any]) -> str:
     """Markdown: one row per (dataset, options), one column group per model, then the difference.
 
@@ -41,9 +48,12 @@ def table(results: dict[str, Any]) -> str:
     by_key = {(d["task"], d["options"], d["model"]): d for d in results["datasets"]}
     keys = sorted({(d["task"], d["options"]) for d in results["datasets"]})
     with_norm = any("acc_norm_mean" in d for d in results["datasets"])
+    # answers read out of generations (chain of thought, numbers): how many could not be read
+    with_unparsable = any("unparsable" in d for d in results["datasets"])
     header = ["dataset", "options", "metric", "templates"]
     for model in models:
-        header += [f"{model_label(model)} mean ± std", "best / worst", *(["acc_norm"] if with_norm else [])]
+        header += [f"{model_label(model)} mean ± std", "best / worst", *(["acc_norm"] if with_norm else []),
+                   *(["unparsable"] if with_unparsable else [])]
     others = [m for m in models if m != base]
     header += [f"Δ {model_label(m)} − {model_label(base)}" for m in others]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -53,7 +63,8 @@ def table(results: dict[str, Any]) -> str:
         for model in models:
             d = by_key.get((task, options, model))
             cells += ([f"{d['mean']:.1f} ± {d['std']:.1f}", f"{d['best']:.1f} / {d['worst']:.1f}"]
-                      if d else ["-", "-"]) + ([_norm(d)] if with_norm else [])
+                      if d else ["-", "-"]) + ([_norm(d)] if with_norm else []) \
+                + ([_unparsable(d)] if with_unparsable else [])
         for model in others:
             a, b = by_key.get((task, options, model)), by_key.get((task, options, base))
             cells.append(f"{a['mean'] - b['mean']:+.1f}" if a and b else "-")
@@ -72,7 +83,8 @@ def table(results: dict[str, Any]) -> str:
             cells = [f"**{cluster} ({label})**", "yes" if options else "no", "", ""]
             for model in models:
                 cells += [f"**{means[model]:.1f}**" if model in means else "-", "",
-                          *([_norm(found.get(model), bold=True)] if with_norm else [])]
+                          *([_norm(found.get(model), bold=True)] if with_norm else []),
+                          *([""] if with_unparsable else [])]
             for model in others:
                 cells.append(f"**{means[model] - means[base]:+.1f}**" if model in means and base in means
                              else "-")
@@ -121,6 +133,19 @@ def _chart(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _cot_note(results: dict[str, Any]) -> str:
+    """How generation tasks scored by answer extraction were prompted and read."""
+    read = any("unparsable" in d and d["metric"] == "exact_match" for d in results["datasets"])  # flan_cot
+    if not read and results.get("cot", "none") == "none":
+        return ""
+    mode = ""
+    if results.get("cot") == "zero-shot":
+        mode = (" Chain of thought zero-shot (Kojima et al. 2022): \"Let's think step by step.\" after the "
+                "prompt, then \"Therefore, the answer is\" and the answer.")
+    return (f"{mode} Answers are read after the first \"the answer is\" / \"####\"; `unparsable` rows "
+            "have none (or none of the reference's kind) and count as wrong.")
+
+
 def write_report(results: dict[str, Any], folder: Path) -> None:
     """results.json, report.md and report.png into ``folder``."""
     text = table(results)
@@ -130,7 +155,7 @@ def write_report(results: dict[str, Any], folder: Path) -> None:
               f"base model: `{results['base']}`. Classification: rank classification over each "
               f"option's own tokens after the prompt and the separator {results.get('separator')!r}; "
               f"`acc` takes the summed log-likelihood, `acc_norm` divides it by the option's length "
-              f"in characters. Wall time {results['wall_time_s']} s.\n\n")
+              f"in characters.{_cot_note(results)} Wall time {results['wall_time_s']} s.\n\n")
     if results.get("gap_closed"):
         text += ("\n\n## Proxy-tuning: % of the gap closed\n\n(proxy − base) / (direct − base), the "
                  f"directly tuned model being `{results['gap_closed'][0]['direct']}`.\n\n"

@@ -79,20 +79,31 @@ def score_classification(lm: LM, rows: list[dict[str, Any]], separator: str, use
 
 
 def score_generation(lm: LM, rows: list[dict[str, Any]], evaluation: dict[str, Any], use_options: bool,
-                     from_hub: bool, samples: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+                     from_hub: bool, samples: list[dict[str, Any]] | None = None, *, cot: str = "none",
+                     separator: str = "\n\n") -> dict[str, Any]:
     """Greedy decoding, then the task's metric (a shipped ``evaluate`` module, or the Hub's).
 
-    With ``samples`` (a list), one record per row is appended: the prompt, the answer, the references.
+    With ``cot="zero-shot"`` a task whose metric reads answers out of reasoning (flan_cot) is decoded
+    in Kojima et al.'s two stages (evaluation/cot.py; ``separator`` sits between prompt and trigger).
+    With ``samples`` (a list), one record per row is appended: the prompt, the answer, the references,
+    and for answer-reading metrics the answer read and whether it was right or unparsable.
     """
     import evaluate
 
     facts = metric_facts(evaluation["metric"])
     from_hub = from_hub and facts.hub is not None
     stop = tuple(evaluation.get("stop") or ())
-    answers = lm.generate([GenerationRequest(row["prompt"] if use_options else row["input"],
-                                             evaluation["max_new_tokens"], stop) for row in rows])
-    module = evaluate.load(facts.hub if from_hub else str(facts.path))
+    prompts = [row["prompt"] if use_options else row["input"] for row in rows]
     references = [row["references"] or [row["target"]] for row in rows]
+    if cot == "zero-shot" and facts.extracts_answer:
+        from flan_builder.evaluation.cot import zero_shot_cot
+
+        chains = zero_shot_cot(lm, prompts, references, separator, evaluation)
+        answers, shown = [c.prediction for c in chains], [c.text for c in chains]
+    else:
+        answers = lm.generate([GenerationRequest(p, evaluation["max_new_tokens"], stop) for p in prompts])
+        shown = answers
+    module = evaluate.load(facts.hub if from_hub else str(facts.path))
     if from_hub and facts.hub == "squad":
         result = module.compute(
             predictions=[{"id": str(i), "prediction_text": p} for i, p in enumerate(answers)],
@@ -101,8 +112,14 @@ def score_generation(lm: LM, rows: list[dict[str, Any]], evaluation: dict[str, A
     else:
         result = module.compute(predictions=answers, references=references)
     if samples is not None:
-        samples.extend({"source_index": row.get("source_index"), "prompt": _context(row, "", use_options),
-                        "answer": answer, "references": refs}
-                       for row, answer, refs in zip(rows, answers, references, strict=True))
+        for row, answer, text, refs in zip(rows, answers, shown, references, strict=True):
+            sample = {"source_index": row.get("source_index"), "prompt": _context(row, "", use_options),
+                      "answer": text, "references": refs}
+            if facts.extracts_answer:
+                from flan_builder.evaluation.answers import read_answer
+
+                read, verdict = read_answer(answer, refs)
+                sample.update(extracted=read, correct=verdict is True, unparsable=verdict is None)
+            samples.append(sample)
     scores = {key: float(result[key]) for key in facts.keys if key in result}
-    return {**scores, "n": len(rows), "examples": answers[:3]}
+    return {**scores, "n": len(rows), "examples": shown[:3]}

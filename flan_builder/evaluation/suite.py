@@ -17,6 +17,7 @@ template: []                       # only template ids containing one of these
 tasks: []                          # only these tasks
 options: with                      # with | without | both
 shots: 0                           # zero-shot (FLAN's protocol); K: K exemplars from each task's train split
+cot: none                          # zero-shot: "Let's think step by step." then the answer (cot / math tasks)
 separator: null                    # between prompt and option (null: the build's, "\n\n"); " ": lm-eval's
 log_samples: false                 # samples/<model>/<task>/<template>.jsonl: every row's scores
 batch_size: auto
@@ -37,7 +38,7 @@ from flan_builder.lm.load import ModelSpec, proxy_spec
 
 OPTIONS = {"with": (True,), "without": (False,), "both": (True, False)}
 _KEYS = {"data", "out", "models", "direct", "limit", "templates", "template", "tasks", "options", "shots",
-         "batch_size", "metric_from_hub", "separator", "log_samples"}
+         "batch_size", "metric_from_hub", "separator", "log_samples", "cot"}
 _PROXY_KEYS = {"base", "expert", "anti", "alpha", "level"}
 
 
@@ -61,6 +62,7 @@ class EvalConfig:
     source: str | None = None  # the suite file, when there is one
     separator: str | None = None  # between prompt and option; None: the build's (its manifest)
     log_samples: bool = False  # write every row's option scores and predictions
+    cot: str = "none"  # zero-shot: Kojima et al.'s two-stage chain of thought on answer-reading tasks
 
     def check(self) -> None:
         """Settings that cannot run are one-line errors before any model loads."""
@@ -136,4 +138,10 @@ def load_suite(path: Path) -> dict[str, Any]:
         settings["separator"] = data["separator"]
     if "log_samples" in data:
         settings["log_samples"] = bool(data["log_samples"])
+    if data.get("cot") is not None:
+        from flan_builder.evaluation.cot import COT_MODES
+
+        if data["cot"] not in COT_MODES:
+            raise FlanError(f"{path}: cot must be one of {', '.join(COT_MODES)}")
+        settings["cot"] = data["cot"]
     return settings

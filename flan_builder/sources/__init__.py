@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +110,35 @@ def _load_hub(spec: TaskSpec, split: str) -> Any:
         ) from None
 
 
+def eval_slice_indices(spec: TaskSpec, size: int) -> list[int]:
+    """The train-split rows a task with ``source.eval_slice`` evaluates on: a seeded sample, in order.
+
+    Seeded by the spec alone (its own seed and the task name), not the build's seed, so every
+    build, evaluation and exemplar draw agrees on which rows never train.
+    """
+    carve = spec.source.eval_slice or {}
+    rows = carve.get("rows", 0)
+    if rows >= size:
+        raise FlanError(f"task {spec.name}: source.eval_slice.rows is {rows} but its split has only {size} "
+                        f"rows, which would leave none to train on; lower it in {spec.path}")
+    return sorted(random.Random(f"{carve.get('seed', 0)}/{spec.name}/eval-slice").sample(range(size), rows))
+
+
+def _carve(spec: TaskSpec, role: str, rows: Rows) -> Rows:
+    """A task whose eval rows are a slice of its train split: that slice, or the split without it."""
+    held = eval_slice_indices(spec, len(rows))
+    if role == "eval":
+        keep, label = held, "eval slice"
+    else:
+        chosen = set(held)
+        keep, label = [i for i in range(len(rows)) if i not in chosen], "without the eval slice"
+    carve = spec.source.eval_slice or {}
+    picked = ([rows._rows[i] for i in keep] if isinstance(rows._rows, list)
+              else rows._rows.select(keep))
+    return Rows(rows.task, f"{rows.split}[{label}]",
+                f"{rows.origin} ({label}: {len(held):,} rows, seed {carve.get('seed', 0)})", picked)
+
+
 def _check_fields(spec: TaskSpec, rows: Rows, sample: list[dict[str, Any]]) -> None:
     for index, row in enumerate(sample):
         missing = [name for name in spec.fields if name not in row]
@@ -142,10 +172,16 @@ def load_split(spec: TaskSpec, role: str, data_dir: Path | None) -> Rows:
             raise FlanError(f"task {spec.name}: split {split!r} not found ({path} is missing; "
                             f"present: {', '.join(present) or 'none'})")
         rows = Rows(spec.name, split, str(path), _read_jsonl(spec, path))
+    elif not spec.source.hub_id:
+        raise FlanError(f"task {spec.name} has no Hub copy (its spec names no source.hub_id); pass "
+                        f"--data-dir DIR with {spec.source.mirror}/{split}.jsonl in it (or set "
+                        f"{DATA_DIR_ENV})")
     else:
         rows = Rows(spec.name, split, f"hub:{spec.source.hub_id}", _load_hub(spec, split))
     if len(rows) == 0:
         raise FlanError(f"task {spec.name}: split {split!r} of {rows.origin} is empty")
+    if spec.source.eval_slice is not None:
+        rows = _carve(spec, role, rows)
     if isinstance(rows._rows, list):
         _check_fields(spec, rows, rows._rows)
     else:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from flan_builder.training.recipe import Recipe
 
 EPILOG = """examples:
   flan train heldout-nli                  # a shipped recipe by name (`flan recipes` lists them)
@@ -10,13 +14,15 @@ EPILOG = """examples:
   flan train train/heldout-nli.yaml --peft prompt_tuning --max-steps 200 --output runs/nli-pt
   flan train train/heldout-nli.yaml --resume              # continue from the last checkpoint
   flan train train/heldout-nli.yaml --set sft.learning_rate=1e-4 --set peft.r=8
+  flan train ablation-clusters-nli          # a sweep: one run per point (1, 2, 4, all clusters)
+  flan train ablation-clusters-nli --point c2 --check
   accelerate launch -m flan_builder.cli train train/heldout-nli.yaml   # several GPUs, same recipe
 """
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from flan_builder.resources import resolve
-    from flan_builder.training.recipe import load_recipe
+    from flan_builder.training.sweep import load_runs
 
     overrides = list(args.set or [])
     shortcuts = {"model": args.model, "output": args.output, "dataset.path": args.dataset,
@@ -24,23 +30,48 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides += [f"{key}={value}" for key, value in shortcuts.items() if value is not None]
     if args.merge:
         overrides.append("train.merge=true")
-    recipe = load_recipe(resolve(args.recipe, "train"), overrides)
-    if recipe.heldout != "none":
+    # a sweep recipe (training/sweep.py) is several runs, trained one after the other
+    recipes = load_runs(resolve(args.recipe, "train"), overrides, args.point)
+    sweep = len(recipes) > 1 or args.point is not None
+    if any(r.heldout != "none" for r in recipes):
         from flan_builder.specs import load_registry
 
-        load_registry().check_cluster(recipe.heldout)
+        registry = load_registry()
+        for recipe in recipes:
+            if recipe.heldout != "none":
+                registry.check_cluster(recipe.heldout)
     if args.check:
         from flan_builder.training.job import check_recipe
+        from flan_builder.training.sweep import check_build
 
-        source = check_recipe(recipe)
-        print(f"{args.recipe}: ok ({recipe.model}: {source.describe()}; held out {recipe.heldout}, "
-              f"{recipe.method}, {recipe.sft['max_steps']} steps -> {recipe.output})")
+        for recipe in recipes:
+            source = check_recipe(recipe)
+            if recipe.heldout != "none":
+                check_build(recipe, registry)
+            label = recipe.name if sweep else args.recipe
+            print(f"{label}: ok ({recipe.model}: {source.describe()}; held out {recipe.heldout}, "
+                  f"{recipe.method}, {recipe.sft['max_steps']} steps -> {recipe.output})")
         return 0
     from flan_builder.progress import quiet_library_logs
-    from flan_builder.training.job import train
+    from flan_builder.training.sweep import has_checkpoint, run_complete
 
     quiet_library_logs()
-    result = train(recipe, resume=args.resume, overwrite=args.overwrite)
+    for recipe in recipes:
+        resume = args.resume
+        if sweep:  # point by point: finished ones are skipped, --resume continues the interrupted one
+            if run_complete(recipe) and not args.overwrite:
+                print(f"{recipe.name}: already trained -> {recipe.output}")
+                continue
+            resume = resume and has_checkpoint(recipe)
+            print(f"{recipe.name}: {'resuming' if resume else 'training'} -> {recipe.output}")
+        _train_one(recipe, resume, args.overwrite)
+    return 0
+
+
+def _train_one(recipe: Recipe, resume: bool, overwrite: bool) -> None:
+    from flan_builder.training.job import train
+
+    result = train(recipe, resume=resume, overwrite=overwrite)
     m = result.manifest
     if "wall_time_s" in m:
         curve = m["loss_curve"]
@@ -49,7 +80,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"{m['steps']} steps, loss {start} -> {end}, {m['tokens_seen']:,} tokens, "
               f"{m['tokens_seen'] / m['wall_time_s']:.0f} tokens/s overall, {m['wall_time_s']:.0f} s, "
               f"peak {m['peak_memory_mb']:.0f} MiB -> {result.out}")
-    return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -69,4 +99,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     parser.add_argument("--check", action="store_true", help="validate the recipe and stop")
+    parser.add_argument("--point", metavar="NAME", help="a sweep recipe: run only this point "
+                        "(default: every point in turn, skipping those already trained)")
     parser.set_defaults(func=cmd_train)

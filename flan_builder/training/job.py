@@ -86,8 +86,9 @@ def ensure_dataset(recipe: Recipe) -> Path:
                             total=options["total"], all_templates=options["all_templates"],
                             max_templates=options["max_templates"]),
         with_options=options["with_options"], style=options["style"], tasks=options["tasks"],
-        train_clusters=options["train_clusters"], with_clusters=options["with_clusters"],
-        max_eval_rows=options["max_eval_rows"],
+        train_clusters=options["train_clusters"], num_train_clusters=options["num_train_clusters"],
+        with_clusters=options["with_clusters"],
+        max_eval_rows=options["max_eval_rows"], prompt_style=options["prompt_style"],
     ))
     return path
 

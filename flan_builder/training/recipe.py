@@ -19,6 +19,7 @@ import yaml
 
 from flan_builder.errors import FlanError
 from flan_builder.mixing import DEFAULT_MAX_PER_DATASET, DEFAULT_RATE_CAP
+from flan_builder.prompt_styles import DEFAULT_PROMPT_STYLE, PROMPT_STYLES
 from flan_builder.redaction import redact, redact_assignment
 
 PEFT_METHODS = ("lora", "full", "prompt_tuning", "prefix_tuning", "p_tuning", "ia3")
@@ -70,8 +71,11 @@ _BUILD: _Schema = {
     "all_templates": ((bool,), None, False),
     "with_options": ((bool,), None, True),
     "style": ((str,), one_of("prompt_completion", "messages"), "prompt_completion"),
+    # FLAN's ablation: instructions, or the input fields only / after the dataset's name (training rows)
+    "prompt_style": ((str,), one_of(*PROMPT_STYLES), DEFAULT_PROMPT_STYLE),
     "tasks": ((list, type(None)), None, None),
     "train_clusters": ((list, type(None)), None, None),
+    "num_train_clusters": ((int, type(None)), positive, None),  # the first N, most tasks first
     "with_clusters": ((list, type(None)), None, None),
 }
 _PEFT: _Schema = {
@@ -365,6 +369,10 @@ def validate_recipe(data: dict[str, Any], source: str = "<recipe>",
     if train["merge"] and peft["method"] in VIRTUAL_TOKEN_METHODS:
         raise FlanError(f"{source}: train.merge (--merge) is not possible with {peft['method']}: "
                         "virtual tokens are not weights that fold into the model")
+    if build is not None and build["prompt_style"] != DEFAULT_PROMPT_STYLE and (
+            build["max_templates"] is not None or build["all_templates"]):
+        raise FlanError(f"{source}: dataset.build.prompt_style {build['prompt_style']} renders each row "
+                        "once, without templates; drop dataset.build.max_templates / all_templates")
     name = top["name"] or Path(source).stem
     return Recipe(
         name=name, model=top["model"], heldout=top["heldout"], output=top["output"],
