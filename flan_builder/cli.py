@@ -86,6 +86,9 @@ def cmd_tasks(args: argparse.Namespace) -> int:
         roles = available_roles(spec, data_dir)
         splits = " ".join(
             f"{role}={spec.source.splits[role]}" + ("" if ok else "(missing)")
+            # eval rows carved out of the train split (sources.eval_slice_indices)
+            + (f"[{spec.source.eval_slice['rows']} held out]" if spec.source.eval_slice and role == "eval"
+               else "")
             for role, ok in roles.items()
         )
         rows.append((spec.name, spec.cluster, spec.type, str(len(spec.templates)),
