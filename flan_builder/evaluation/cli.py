@@ -17,6 +17,7 @@ EPILOG = """examples:
   flan eval ... --limit 50 --templates 3     # 50 rows per dataset, first 3 templates
   flan eval ... --separator " " --log-samples   # lm-eval's protocol; every row's scores in samples/
   flan eval ... --shots 2                    # 2 exemplars per prompt from each task's train split
+  flan eval ... --shots 4 --shots-from mixture   # 4 exemplars from the build's training mixture
   flan eval ... --cot zero-shot              # "Let's think step by step.", then the answer (cot / math tasks)
   flan eval --model BASE --expert runs/heldout-nli --anti smollm2-135m --alpha 1.0 \\
       --direct runs/base-tuned --data build/heldout-nli --out reports/proxy   # proxy-tuning
@@ -48,7 +49,7 @@ def config_from_args(args: argparse.Namespace):  # -> EvalConfig
         settings["models"] = list(args.model)
     for flag, key in (("limit", "limit"), ("templates", "templates"), ("template", "template_filter"),
                       ("task", "tasks"), ("batch_size", "batch_size"), ("shots", "shots"),
-                      ("direct", "direct"), ("cot", "cot")):
+                      ("shots_from", "shots_from"), ("direct", "direct"), ("cot", "cot")):
         if getattr(args, flag) is not None:
             settings[key] = getattr(args, flag)
     if args.data:
@@ -112,6 +113,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-options", action="store_true", help="same as --options without")
     parser.add_argument("--shots", type=int, help="exemplars per prompt from each held-out task's own train "
                                                   "split (default 0: zero-shot, FLAN's protocol)")
+    parser.add_argument("--shots-from", choices=("task", "mixture"), default=None,
+                        help="where --shots exemplars come from: task (default; the held-out task's own "
+                             "train split) or mixture (the built dataset's training rows: in-context "
+                             "learning on the data the tuned models saw)")
     parser.add_argument("--cot", choices=("none", "zero-shot"), default=None,
                         help="zero-shot: chain of thought on tasks scored by answer extraction (cot, math): "
                              "'Let's think step by step.', the reasoning, then 'Therefore, the answer is' "

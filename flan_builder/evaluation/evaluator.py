@@ -52,11 +52,12 @@ def sample_path(folder: str, task: str, template: str, use_options: bool) -> str
 
 
 def _done(record: dict[str, Any], separator: str, log_samples: bool, shots: int = 0,
-          cot: str = "none") -> bool:
+          shots_from: str = "task", cot: str = "none") -> bool:
     """Whether a logged record stands for this run: same separator (a record without one predates
-    scoring options apart from the separator, so it is redone), same shots, same chain-of-thought mode,
-    and samples kept when asked."""
+    scoring options apart from the separator, so it is redone), same shots (and their source), same
+    chain-of-thought mode, and samples kept when asked."""
     return (record.get("separator") == separator and record.get("shots", 0) == shots
+            and (not shots or record.get("shots_from", "task") == shots_from)
             and record.get("cot", "none") == cot
             and (record.get("samples") is not None or not log_samples))
 
@@ -81,8 +82,8 @@ def evaluate_models(config: EvalConfig) -> dict[str, Any]:
     log = ResultsLog(work)
     state = _RunState(work, started)
     done = {(r["model"], r["task"], r["template"], r["options"]) for r in log.records
-            if _done(r, separator, config.log_samples, config.shots, config.cot)}
-    shot_maker = ShotMaker(manifest, config.shots) if config.shots else None
+            if _done(r, separator, config.log_samples, config.shots, config.shots_from, config.cot)}
+    shot_maker = ShotMaker(manifest, config.shots, config.shots_from, config.data) if config.shots else None
     names = [spec_name(spec) for spec in config.models]
     folders = sample_folders(names)
     models_info = []
@@ -118,14 +119,16 @@ def evaluate_models(config: EvalConfig) -> dict[str, Any]:
                                                            "with_options": use_options})
                 log.append({"model": name, "task": task, "cluster": rows[0]["cluster"], "template": template,
                             "options": use_options, "separator": separator, "shots": config.shots,
-                            "shots_used": shots_used, "cot": config.cot, "metric": metric,
+                            "shots_from": config.shots_from, "shots_used": shots_used, "cot": config.cot,
+                            "metric": metric,
                             "scores": scores, "samples": where,
                             "seconds": round(time.perf_counter() - t0, 2)})
                 state.save()
         lm.close()
         del lm
     latest = {(r["model"], r["task"], r["template"], r["options"]): r for r in log.records
-              if r["model"] in names and _done(r, separator, config.log_samples, config.shots, config.cot)}
+              if r["model"] in names and _done(r, separator, config.log_samples, config.shots,
+                                               config.shots_from, config.cot)}
     records = list(latest.values())
     summary = aggregate(records)
     proxies = {spec.name: spec.base for spec in config.models if not isinstance(spec, str)}
@@ -135,7 +138,8 @@ def evaluate_models(config: EvalConfig) -> dict[str, Any]:
         "heldout_cluster": manifest.get("heldout_cluster"),
         "models": models_info, "base": names[0],
         "limit": config.limit, "templates": config.templates, "suite": config.source,
-        "separator": separator, "log_samples": config.log_samples, "shots": config.shots, "cot": config.cot,
+        "separator": separator, "log_samples": config.log_samples, "shots": config.shots,
+        "shots_from": config.shots_from, "cot": config.cot,
         "records": records,
         **summary,
         **({"gap_closed": gap_closed(summary, proxies, config.direct)} if proxies and config.direct else {}),

@@ -11,6 +11,12 @@ template's pattern names its own delimiter. There is no token budget here: K is 
 
 A task whose spec declares no train split (glue_qnli, ...) is evaluated zero-shot, with a
 warning, and its records say ``shots_used: 0``.
+
+``--shots-from mixture`` draws the exemplars from the built dataset's own *training mixture*
+instead (the rows a tuned model was trained on: other clusters' tasks, each already rendered with
+its template) -- in-context learning given the same data as tuning, as the PEFT survey and T-Few
+compare them. Each exemplar is laid out by its own template's few-shot pattern; rows that are
+themselves few-shot (``flan build --formats fs_*``) are not drawn.
 """
 
 from __future__ import annotations
@@ -20,19 +26,27 @@ from pathlib import Path
 from typing import Any
 
 from flan_builder.errors import FlanError
-from flan_builder.fewshot import pattern_for
+from flan_builder.fewshot import FewShotPattern, pattern_for
 from flan_builder.manifest import row_hash
 from flan_builder.mixing import task_rng
+
+# Where exemplars come from: the held-out task's own train split, or the build's training mixture.
+SHOT_SOURCES = ("task", "mixture")
 
 
 class ShotMaker:
     """Turns one (task, template) group of held-out rows into k-shot prompts."""
 
-    def __init__(self, manifest: dict[str, Any], shots: int) -> None:
+    def __init__(self, manifest: dict[str, Any], shots: int, source: str = "task",
+                 data: Path | None = None) -> None:
         from flan_builder.specs import load_registry
 
+        if source not in SHOT_SOURCES or (source == "mixture" and data is None):
+            raise ValueError(f"shots from {source!r} (data {data})")
         config = manifest.get("config") or {}
         self.shots = shots
+        self.source, self.data = source, data
+        self._mixture: tuple[Any, list[int]] | None = None
         self.seed = int(manifest.get("seed", 0))
         self.build_separator = manifest.get("separator", "\n\n")
         folders = config.get("templates_dir")
@@ -94,6 +108,8 @@ class ShotMaker:
     def prompts(self, task: str, template_id: str, rows: list[dict[str, Any]], use_options: bool,
                 separator: str) -> tuple[list[dict[str, Any]], str, int]:
         """(rows with k-shot prompts, the separator before each option, shots per prompt)."""
+        if self.source == "mixture":
+            return self._mixture_prompts(task, template_id, rows, use_options, separator)
         train = self._train_rows(task)
         if train is None:
             return rows, separator, 0
@@ -109,6 +125,64 @@ class ShotMaker:
                 example = renderer.render(example_row, template_index, split=train.split, row_index=index)
                 blocks.append(pattern.exemplar(example.prompt if use_options else example.input,
                                                example.target, separator))
+            head, tail = pattern.query(row["prompt"] if use_options else row["input"], separator)
+            text = "".join(blocks) + head
+            shaped.append({**row, "prompt": text, "input": text, "exemplar_indices": indices})
+            shots = min(shots, len(indices))
+        return shaped, tail, shots
+
+    # -- exemplars from the training mixture -----------------------------------------------------
+
+    def _mixture_rows(self) -> tuple[Any, list[int]]:
+        """The built train split and the indices of its zero-shot rows (the ones that can be exemplars)."""
+        if self._mixture is None:
+            from datasets import load_from_disk
+
+            built = load_from_disk(str(self.data))
+            train = built["train"] if "train" in built else None
+            if train is None or len(train) == 0:
+                raise FlanError(f"--shots-from mixture: {self.data} has no training rows to draw exemplars "
+                                "from (built with --eval-only?); use --shots-from task")
+            if "format" in train.column_names:
+                pool = [i for i, fmt in enumerate(train["format"]) if not fmt or fmt.startswith("zs_")]
+            else:
+                pool = list(range(len(train)))
+            if len(pool) < self.shots:
+                raise FlanError(f"--shots {self.shots}: {self.data}'s training mixture has only {len(pool)} "
+                                "zero-shot rows to draw exemplars from; use fewer shots")
+            self._mixture = (train, pool)
+        return self._mixture
+
+    def _pattern(self, task: str, template_id: str) -> FewShotPattern:
+        """A training row's own template's pattern; FLAN's default where the template is not known here."""
+        try:
+            return pattern_for(self.registry.task(task).template(template_id))
+        except (FlanError, KeyError, ValueError):
+            return FewShotPattern()
+
+    def _mixture_prompts(self, task: str, template_id: str, rows: list[dict[str, Any]], use_options: bool,
+                         separator: str) -> tuple[list[dict[str, Any]], str, int]:
+        train, pool = self._mixture_rows()
+        pattern = pattern_for(self.registry.task(task).template(template_id))
+        shaped, tail, shots = [], separator, self.shots
+        for row in rows:
+            # seeded by the held-out row alone: every model, template and OPTIONS setting sees the same rows
+            rng = task_rng(self.seed, task, f"eval-shots-mixture/{row['source_index']}")
+            picks = [pool[p] for p in rng.sample(range(len(pool)), min(len(pool), self.shots + 8))]
+            picked = train.select(picks)
+            indices, blocks = [], []
+            for index, example in zip(picks, picked, strict=True):
+                if example["source_hash"] == row["source_hash"]:  # never the query's own content
+                    continue
+                text = example["prompt"] if use_options else example["input"]
+                if not isinstance(text, str):
+                    raise FlanError(f"--shots-from mixture: {self.data} was built --as messages; its "
+                                    "training rows are not plain prompts. Rebuild it without --as messages")
+                blocks.append(self._pattern(example["task"], example["template_id"])
+                              .exemplar(text, example["target"], separator))
+                indices.append(index)
+                if len(indices) == self.shots:
+                    break
             head, tail = pattern.query(row["prompt"] if use_options else row["input"], separator)
             text = "".join(blocks) + head
             shaped.append({**row, "prompt": text, "input": text, "exemplar_indices": indices})

@@ -17,6 +17,7 @@ template: []                       # only template ids containing one of these
 tasks: []                          # only these tasks
 options: with                      # with | without | both
 shots: 0                           # zero-shot (FLAN's protocol); K: K exemplars from each task's train split
+shots_from: task                   # task: the held-out task's train split; mixture: the build's training rows
 cot: none                          # zero-shot: "Let's think step by step." then the answer (cot / math tasks)
 separator: null                    # between prompt and option (null: the build's, "\n\n"); " ": lm-eval's
 log_samples: false                 # samples/<model>/<task>/<template>.jsonl: every row's scores
@@ -34,11 +35,12 @@ from typing import Any
 import yaml
 
 from flan_builder.errors import FlanError
+from flan_builder.evaluation.shots import SHOT_SOURCES
 from flan_builder.lm.load import ModelSpec, proxy_spec
 
 OPTIONS = {"with": (True,), "without": (False,), "both": (True, False)}
 _KEYS = {"data", "out", "models", "direct", "limit", "templates", "template", "tasks", "options", "shots",
-         "batch_size", "metric_from_hub", "separator", "log_samples", "cot"}
+         "shots_from", "batch_size", "metric_from_hub", "separator", "log_samples", "cot"}
 _PROXY_KEYS = {"base", "expert", "anti", "alpha", "level"}
 
 
@@ -58,6 +60,7 @@ class EvalConfig:
     overwrite: bool = False
     tasks: list[str] | None = None
     shots: int = 0
+    shots_from: str = "task"  # task: each held-out task's train split; mixture: the build's train split
     direct: str | None = None  # the directly tuned model, for proxy-tuning's % gap closed
     source: str | None = None  # the suite file, when there is one
     separator: str | None = None  # between prompt and option; None: the build's (its manifest)
@@ -75,6 +78,9 @@ class EvalConfig:
         if self.shots < 0:
             raise FlanError(f"--shots {self.shots}: give 0 (zero-shot, FLAN's protocol) or K >= 1 exemplars "
                             "per prompt from each held-out task's train split")
+        if self.shots_from not in SHOT_SOURCES:
+            raise FlanError(f"shots_from {self.shots_from!r}: give task (each held-out task's own train "
+                            "split) or mixture (the built dataset's training rows)")
 
 
 def _model_entry(path: Path, entry: Any) -> ModelSpec:
@@ -138,6 +144,8 @@ def load_suite(path: Path) -> dict[str, Any]:
         settings["separator"] = data["separator"]
     if "log_samples" in data:
         settings["log_samples"] = bool(data["log_samples"])
+    if data.get("shots_from") is not None:
+        settings["shots_from"] = str(data["shots_from"])
     if data.get("cot") is not None:
         from flan_builder.evaluation.cot import COT_MODES
 
