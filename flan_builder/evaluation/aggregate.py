@@ -45,15 +45,22 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
     return {"datasets": datasets_, "clusters": out}
 
 
-def gap_closed(summary: dict[str, Any], proxies: dict[str, str], direct: str) -> list[dict[str, Any]]:
+def gap_closed(summary: dict[str, Any], proxies: dict[str, str], direct: str,
+               records: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """% of the base-to-direct gap a proxy-tuned model closes: (proxy - base) / (direct - base).
 
-    Per dataset and per cluster, as Liu et al. (2024) report it. ``proxies`` maps each proxy
-    model to its base. A gap of zero (direct tuning did not move the score) gives None.
+    Per template (from ``records``), per dataset and per cluster, as Liu et al. (2024) report
+    it (they have one prompt per task; the per-template rows show how much of a mean is one
+    template). ``proxies`` maps each proxy model to its base. A gap of zero (direct tuning
+    did not move the score) gives None.
     """
+    per_template = [{"model": r["model"], "options": r["options"], "template": f"{r['task']}/{r['template']}",
+                     "mean": r["scores"][r["metric"]]}
+                    for r in records or [] if r["scores"].get(r["metric"]) is not None]
+    levels = {"template": per_template, "dataset": summary["datasets"], "cluster": summary["clusters"]}
     lines = []
-    for level, key in (("dataset", "task"), ("cluster", "cluster")):
-        entries = summary["datasets" if level == "dataset" else "clusters"]
+    for level, key in (("template", "template"), ("dataset", "task"), ("cluster", "cluster")):
+        entries = levels[level]
         score = {(e["model"], e["options"], e[key]): e["mean"] for e in entries}
         for proxy, base in proxies.items():
             for (model, options, name), value in sorted(score.items()):

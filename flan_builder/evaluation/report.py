@@ -93,10 +93,12 @@ def table(results: dict[str, Any]) -> str:
 
 
 def gap_table(results: dict[str, Any]) -> str:
-    """Markdown: proxy-tuning's % of the base-to-direct gap closed, per dataset and per cluster."""
+    """Markdown: proxy-tuning's % of the base-to-direct gap closed, per dataset, cluster and template."""
     lines = ["| level | name | options | base | proxy-tuned | directly tuned | % gap closed |",
              "|---|---|---|---|---|---|---|"]
-    for g in results.get("gap_closed", []):
+    # datasets and clusters first; the per-template rows after them, as detail
+    gaps = results.get("gap_closed", [])
+    for g in [g for g in gaps if g["level"] != "template"] + [g for g in gaps if g["level"] == "template"]:
         closed = "-" if g["gap_closed_pct"] is None else f"{g['gap_closed_pct']:.1f}"
         name = f"**{g['name']}**" if g["level"] == "cluster" else g["name"]
         lines.append(f"| {g['level']} | {name} | {'yes' if g['options'] else 'no'} | {g['base_score']:.1f} | "

@@ -338,7 +338,9 @@ def test_proxy_tuned_rows_and_gap_closed_in_the_report(tmp_path, tiny_model_dir,
         if model == proxy:
             assert mean == pytest.approx(by[(direct, task)], abs=1e-9)
     gaps = results["gap_closed"]
-    assert {g["level"] for g in gaps} == {"dataset", "cluster"}
+    assert {g["level"] for g in gaps} == {"template", "dataset", "cluster"}
+    assert len([g for g in gaps if g["level"] == "template"]) == len({(r["task"], r["template"], r["options"])
+                                                                      for r in results["records"]})
     for g in gaps:
         assert g["gap_closed_pct"] is None if g["direct_score"] == g["base_score"] else \
             g["gap_closed_pct"] == pytest.approx(100.0)
