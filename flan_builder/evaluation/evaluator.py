@@ -142,7 +142,8 @@ def evaluate_models(config: EvalConfig) -> dict[str, Any]:
         "shots_from": config.shots_from, "cot": config.cot,
         "records": records,
         **summary,
-        **({"gap_closed": gap_closed(summary, proxies, config.direct, records)} if proxies and config.direct else {}),
+        **({"gap_closed": gap_closed(summary, proxies, config.direct, records)}
+           if proxies and config.direct else {}),
         "wall_time_s": round(state.elapsed(), 1),  # every session of a resumed run
         "sessions": state.sessions,
     }
