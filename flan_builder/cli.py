@@ -283,6 +283,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     width = max(len(item.name) for item in items)
     sections = (("train", "training recipes: flan train NAME"),
                 ("llm2llm", "LLM2LLM recipes: flan llm2llm NAME"),
+                ("compare", "comparisons of tuning methods: flan compare NAME"),
                 ("eval", "evaluation suites: flan eval NAME"))
     for number, (kind, title) in enumerate(sections):
         print(("\n" if number else "") + title)
@@ -484,13 +485,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Subcommands that live with their own subsystem (training, evaluation, models, LIFT, LLM2LLM)."""
+    from flan_builder.compare.cli import register as register_compare
     from flan_builder.evaluation.cli import register as register_eval
     from flan_builder.lift.cli import register as register_lift
     from flan_builder.llm2llm.cli import register as register_llm2llm
     from flan_builder.lm.cli import register as register_generate
     from flan_builder.training.cli import register as register_train
 
-    return [register_train, register_eval, register_generate, register_lift, register_llm2llm]
+    return [register_train, register_eval, register_generate, register_lift, register_llm2llm,
+            register_compare]
 
 
 # Packages of the [train] / [eval] extras (import name -> extra; None: whichever the command needs).

@@ -53,8 +53,9 @@ def shipped_dir(folder: str) -> Path:
 
 # -- recipes and suites by name ------------------------------------------------------------------
 
-# Which command runs a shipped file: "train" and "llm2llm" recipes live in train/, suites in eval/.
-KINDS = {"train": "train", "llm2llm": "train", "eval": "eval"}
+# Which command runs a shipped file: "train", "llm2llm" and "compare" recipes live in train/, suites in
+# eval/.
+KINDS = {"train": "train", "llm2llm": "train", "compare": "train", "eval": "eval"}
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class Shipped:
     """One shipped recipe or suite: its name (the file's stem), kind, file and its settings."""
 
     name: str
-    kind: str  # train, llm2llm or eval: the flan subcommand that runs it
+    kind: str  # train, llm2llm, compare or eval: the flan subcommand that runs it
     path: Path
     data: dict
 
@@ -81,6 +82,13 @@ class Shipped:
                     f"iterations, student {student.get('model')}, "
                     f"teacher {teacher.get('endpoint') or teacher.get('model')}")
         sft, peft = d.get("sft") or {}, d.get("peft") or {}
+        if self.kind == "compare":
+            compare = d.get("compare") or {}
+            methods = compare.get("methods") or ["every method"]
+            shots = (compare.get("eval") or {}).get("shots")
+            icl = f" and in-context k={','.join(map(str, shots))}" if shots else ""
+            return (f"{', '.join(methods)}{icl} on held-out {d.get('heldout')}: {d.get('model')}, "
+                    f"{sft.get('max_steps')} steps each -> {d.get('output')}")
         length = (f"{sft['max_steps']} steps" if (sft.get("max_steps") or -1) > 0
                   else f"{sft.get('num_train_epochs')} epochs")
         how = f"{d.get('model')}, {peft.get('method', 'lora')}, {length}"
@@ -100,6 +108,8 @@ class Shipped:
 def _kind_of(folder: str, data: dict) -> str:
     if folder == "eval":
         return "eval"
+    if "compare" in data:  # tuning methods side by side (flan compare)
+        return "compare"
     return "llm2llm" if "task" in data else "train"  # an LLM2LLM recipe names one task
 
 
@@ -135,7 +145,8 @@ def resolve(arg: str, kind: str) -> Path:
         raise FlanError(f"{what} {arg} not found{hint} (`flan recipes` lists the shipped ones)")
     other = next((item for item in everything if item.name == arg), None)
     if other is not None:
-        label = {"train": "a training recipe", "llm2llm": "an LLM2LLM recipe", "eval": "an evaluation suite"}
+        label = {"train": "a training recipe", "llm2llm": "an LLM2LLM recipe", "eval": "an evaluation suite",
+                 "compare": "a comparison of tuning methods"}
         raise FlanError(f"{arg} is {label[other.kind]}: run it with flan {other.kind} {arg}")
     raise FlanError(f"unknown {what} {arg!r}: not a file and not a shipped {what}; known: "
                     f"{', '.join(items)} (`flan recipes` describes them)")

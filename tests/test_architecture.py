@@ -9,16 +9,17 @@ import sys
 from tests.helpers import REPO
 
 PACKAGE = REPO / "flan_builder"
-SUBPACKAGES = ("lm", "training", "evaluation", "lift", "llm2llm")
+SUBPACKAGES = ("lm", "training", "evaluation", "lift", "llm2llm", "compare")
 # what each layer may not import (anything below it is fine)
 FORBIDDEN = {
     "flat": set(SUBPACKAGES),
     "sources": set(SUBPACKAGES),
-    "lm": {"training", "evaluation", "lift", "llm2llm"},
-    "training": {"evaluation", "lift", "llm2llm"},
-    "evaluation": {"training", "lift", "llm2llm"},
-    "lift": {"llm2llm"},
-    "llm2llm": {"lift"},
+    "lm": {"training", "evaluation", "lift", "llm2llm", "compare"},
+    "training": {"evaluation", "lift", "llm2llm", "compare"},
+    "evaluation": {"training", "lift", "llm2llm", "compare"},
+    "lift": {"llm2llm", "compare"},
+    "llm2llm": {"lift", "compare"},
+    "compare": {"lift", "llm2llm"},  # trains (training/) and evaluates (evaluation/) side by side
 }
 
 

@@ -90,6 +90,8 @@ def test_flan_recipes_lists_every_shipped_file_once_with_its_purpose(capsys):
         section = {"train": "training recipes", "eval": "evaluation suites"}[path.parent.name]
         if path.stem.startswith("llm2llm"):
             section = "LLM2LLM recipes"
+        if path.stem == "peft-compare":
+            section = "comparisons of tuning methods"
         start = next(i for i, line in enumerate(lines) if line.startswith(section))
         end = next((i for i in range(start + 1, len(lines)) if not lines[i].strip()), len(lines))
         matches = [line for line in lines[start + 1:end] if line.split()[0] == path.stem]
@@ -97,6 +99,9 @@ def test_flan_recipes_lists_every_shipped_file_once_with_its_purpose(capsys):
     nli = next(line for line in lines if line.split()[:1] == ["heldout-nli"])
     assert "holds out nli (drops paraphrase from training too)" in nli and "runs/heldout-nli" in nli
     assert next(line for line in lines if line.startswith("  lift ")).count("flan lift's default recipe")
+    compare = next(line for line in lines if line.split()[:1] == ["peft-compare"])
+    assert "full, lora, ia3, prompt_tuning, prefix_tuning, p_tuning and in-context k=0,1,4 on held-out nli" \
+        in compare and "150 steps each -> runs/peft-compare" in compare
     trec = next(line for line in lines if line.split()[:1] == ["llm2llm-trec"])
     assert "LLM2LLM on trec" in trec
     assert f"Files in {REPO / 'train'} and {REPO / 'eval'}" in out
