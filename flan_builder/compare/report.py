@@ -94,6 +94,7 @@ def _chart(results: dict[str, Any], path: Path) -> None:
                        label=f"{row['label']}: {row['score']['mean']:.1f} "
                              f"({row['inference_tokens_per_row']:,.0f} tokens/row)")
     ax.set_xscale("log")
+    ax.margins(x=0.2)  # room for the labels of the smallest and largest
     ax.set_xlabel("trainable parameters (% of the model, log scale)")
     metric = next((r["score"]["metric"] for r in results["rows"] if (r.get("score") or {}).get("metric")),
                   "score")

@@ -61,7 +61,8 @@ def training_status(curve: list[list[float]]) -> dict[str, Any]:
     quarter = max(1, len(losses) // 4)
     first, last = statistics.fmean(losses[:quarter]), statistics.fmean(losses[-quarter:])
     drop = (first - last) / abs(first) if first else 0.0
-    moved = f"{first:.3f} -> {last:.3f}, {-100 * drop:+.1f}%"
+    change = -100 * drop
+    moved = f"{first:.3f} -> {last:.3f}, {'±0.0' if abs(change) < 0.05 else f'{change:+.1f}'}%"
     if drop < FLAT_DROP:
         reason = "rose" if drop < -FLAT_DROP else "flat"
         return {"trained": False, "reason": reason, "status": f"did not train: loss {reason} ({moved})",
@@ -312,7 +313,7 @@ def run_comparison(comparison: Comparison) -> dict[str, Any]:
                                    dataset_hash)
             where = "the training mixture" if settings["shots_from"] == "mixture" else \
                 "each task's own train split"
-            row.update(status=f"{k} exemplars from {where}", score=score_of(results))
+            row.update(status=f"{k} exemplar{'s' * (k != 1)} from {where}", score=score_of(results))
         rows.append(row)
 
     for method in comparison.methods:
