@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from flan_builder.errors import FlanError
+
 if TYPE_CHECKING:
     from flan_builder.training.recipe import Recipe
 
@@ -25,6 +27,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from flan_builder.training.sweep import load_runs
 
     overrides = list(args.set or [])
+    if args.peft and "," in args.peft:  # several methods is a comparison, not one run
+        raise FlanError(f"--peft {args.peft}: one method per run; to train and compare several on the "
+                        f"same job, run `flan compare {args.recipe} --methods {args.peft}`")
     shortcuts = {"model": args.model, "output": args.output, "dataset.path": args.dataset,
                  "peft.method": args.peft, "sft.max_steps": args.max_steps, "sft.seed": args.seed}
     overrides += [f"{key}={value}" for key, value in shortcuts.items() if value is not None]

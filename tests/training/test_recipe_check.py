@@ -36,6 +36,8 @@ def test_check_passes_and_names_model_method_and_steps(capsys, recipe):
     # only the real SFTConfig knows its enums: the check must build it
     (["--set", "sft.lr_scheduler_type=fastest"], ["bad sft settings", "fastest is not a valid"]),
     (["--model", "missing/model.gguf"], ["missing/model.gguf not found"]),
+    # several methods are a comparison: pointed to flan compare, not a confusing enum error
+    (["--peft", "lora,ia3"], ["one method per run", "flan compare", "--methods lora,ia3"]),
 ])
 def test_bad_values_fail_the_check(capsys, recipe, args, parts):
     code, _, err = check(capsys, recipe, *args)
