@@ -6,27 +6,28 @@ Phases: plan the split (held-out rules) -> load each task's rows -> decide count
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import os
+import shutil
 import time
-from collections import Counter, defaultdict
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from flan_builder import writer
 from flan_builder.atomic import atomic_directory, check_output_free, write_json_atomic
 from flan_builder.contamination import DEFAULT_MODE, MODES, ContaminationCheck
 from flan_builder.errors import FlanError
 from flan_builder.fewshot import (
     FewShotSettings,
-    TaskPlan,
+    FormatTally,
+    ResolvedSettings,
     check_tokenizer,
     hash_columns,
     plan_task,
-    shape_records,
-    summarize,
 )
 from flan_builder.heldout import SplitPlan, plan_split
 from flan_builder.manifest import (
@@ -42,15 +43,16 @@ from flan_builder.mixing import (
     draw_templates,
     mixture_counts,
     pool_indices,
+    shuffled_positions,
     task_rng,
 )
-from flan_builder.processes import exit_with_parent
 from flan_builder.progress import progress, quiet_datasets_unless_terminal
 from flan_builder.prompt_styles import DEFAULT_PROMPT_STYLE, check_style, styled_spec
 from flan_builder.prompt_styles import describe as describe_style
+from flan_builder.shards import Shard, features, placed
 from flan_builder.sources import Rows, load_split
 from flan_builder.specs import Registry, TaskSpec, load_registry
-from flan_builder.templating import DEFAULT_SEPARATOR, RenderedExample, TaskRenderer
+from flan_builder.templating import DEFAULT_SEPARATOR, TaskRenderer
 
 EXPORT_FORMATS = ("parquet", "jsonl")
 OUTPUT_STYLES = ("prompt_completion", "messages")
@@ -100,110 +102,6 @@ class BuildResult:
     manifest: dict[str, Any]
 
 
-def _record(
-    spec: TaskSpec, example: RenderedExample, source_split: str, index: int, source_hash: str,
-    style: str, template_index: int, fmt: str,
-) -> dict[str, Any]:
-    if style == "messages":
-        prompt: Any = [{"role": "user", "content": example.prompt}]
-        completion: Any = [{"role": "assistant", "content": example.target}]
-    else:
-        prompt, completion = example.prompt, example.completion
-    return {
-        "prompt": prompt,
-        "completion": completion,
-        "input": example.input,
-        "target": example.target,
-        "task": spec.name,
-        "cluster": spec.cluster,
-        "template_id": example.template_id,
-        "inverted": example.inverted,
-        "options": example.options,
-        "answer_index": example.answer_index,
-        "references": example.references,
-        "source_split": source_split,
-        "source_index": index,
-        "source_hash": source_hash,
-        "format": fmt,  # zs_opt | zs_noopt | fs_opt | fs_noopt (fewshot.py)
-        "template_index": template_index,
-        "exemplar_indices": [],  # few-shot rows: the exemplars' rows in the same source split
-        "exemplar_hashes": [],
-    }
-
-
-def _features(style: str) -> Any:
-    from datasets import Features, List, Value
-
-    text = Value("string")
-    if style == "messages":
-        turn = {"role": text, "content": text}
-        prompt: Any = List(turn)
-        completion: Any = List(turn)
-    else:
-        prompt = completion = text
-    return Features({
-        "prompt": prompt,
-        "completion": completion,
-        "input": text,
-        "target": text,
-        "task": text,
-        "cluster": text,
-        "template_id": text,
-        "inverted": Value("bool"),
-        "options": List(text),
-        "answer_index": Value("int32"),
-        "references": List(text),
-        "source_split": text,
-        "source_index": Value("int64"),
-        "source_hash": text,
-        "format": text,
-        "template_index": Value("int32"),
-        "exemplar_indices": List(Value("int64")),
-        "exemplar_hashes": List(text),
-    })
-
-
-@dataclass
-class _TaskJob:
-    """One task's rendering work, small enough to send to a worker process."""
-
-    spec: TaskSpec
-    split: str
-    rows: list[dict[str, Any]]
-    indices: list[int]  # source row index of each entry of ``rows``
-    templates: list[list[int]]  # template indices to render for each row
-    with_options: bool
-    separator: str
-    style: str
-    fewshot: TaskPlan | None = None  # formats and exemplars of a mixed-format build
-
-    def prompt_rows(self) -> tuple[list[int], list[dict[str, Any]]]:
-        """Every source row the job's prompts show: the drawn rows and their exemplars."""
-        if self.fewshot is None:
-            return self.indices, self.rows
-        indices, rows = self.fewshot.source_rows()
-        return self.indices + indices, self.rows + rows
-
-
-def _render_job(job: _TaskJob, renderer: TaskRenderer | None = None) -> list[dict[str, Any]]:
-    if renderer is None:  # in a worker process: compile there (compiled templates don't pickle)
-        renderer = TaskRenderer(job.spec, with_options=job.with_options, separator=job.separator)
-    fmt = "zs_opt" if job.with_options else "zs_noopt"
-    records = []
-    for row, index, template_indices in zip(job.rows, job.indices, job.templates, strict=True):
-        source_hash = row_hash({k: row[k] for k in job.spec.fields})
-        if len(template_indices) == 1:
-            examples = [renderer.render(row, template_indices[0], split=job.split, row_index=index)]
-        else:
-            examples = renderer.render_all(row, template_indices, split=job.split, row_index=index)
-        for example, template_index in zip(examples, template_indices, strict=True):
-            records.append(_record(job.spec, example, job.split, index, source_hash, job.style,
-                                   template_index, fmt))
-    if job.fewshot is not None:
-        records = shape_records(records, job.fewshot, renderer, job.spec, job.separator, job.style)
-    return records
-
-
 def _template_choice(spec: TaskSpec, mixing: MixingConfig) -> list[int]:
     count = len(spec.templates)
     if mixing.max_templates is not None:
@@ -222,7 +120,7 @@ def _pools(plan: SplitPlan, loaded: dict[str, Rows], config: BuildConfig) -> dic
 
 def _clean_train_jobs(
     plan: SplitPlan, loaded: dict[str, Rows], config: BuildConfig, check: ContaminationCheck
-) -> tuple[list[_TaskJob], dict[str, dict[str, int]]]:
+) -> tuple[list[Shard], dict[str, dict[str, int]]]:
     """Draw the mixture and check the drawn rows against the held-out ones.
 
     ``drop``: overlapping rows leave their pool and the mixture is drawn again (only rows not
@@ -243,7 +141,8 @@ def _clean_train_jobs(
 
 def _train_jobs(
     plan: SplitPlan, loaded: dict[str, Rows], config: BuildConfig, pools: dict[str, list[int]]
-) -> tuple[list[_TaskJob], dict[str, dict[str, int]]]:
+) -> tuple[list[Shard], dict[str, dict[str, int]]]:
+    """Each training task's whole plan, as one shard (cut to size when written)."""
     mixing = config.mixing
     fewshot = config.fewshot.resolved(config.with_options)
     counts = mixture_counts({t: len(p) for t, p in pools.items()}, mixing.rate_cap, mixing.total)
@@ -252,27 +151,26 @@ def _train_jobs(
         rng = task_rng(config.seed, spec.name, "draw")
         drawn = draw_rows(pools[spec.name], counts[spec.name], rng)
         allowed = _template_choice(spec, mixing)
-        if mixing.all_templates:
-            templates = [allowed] * len(drawn)
-        else:
-            templates = [[allowed[i]] for i in draw_templates(len(drawn), len(allowed), rng)]
+        # Plans are arrays, not lists of lists: a row of the plan costs bytes, not a Python object.
+        per_row = None if mixing.all_templates else np.array(
+            [allowed[i] for i in draw_templates(len(drawn), len(allowed), rng)], dtype=np.int32)
         sizes[spec.name] = {
             "rows_available": len(loaded[spec.name]),
             "pool": len(pools[spec.name]),
             "mixing_count": counts[spec.name],
         }
-        # Rows are fetched once each, in the drawn order, even when drawn several times.
-        rows = loaded[spec.name].take(drawn)
-        plan = None if fewshot.plain else plan_task(spec, fewshot, config.seed, drawn, templates,
-                                                    pools[spec.name], allowed, loaded[spec.name].take)
-        jobs.append(_TaskJob(spec, loaded[spec.name].split, rows, drawn, templates,
-                             config.with_options, config.separator, config.style, plan))
+        job = Shard(spec, loaded[spec.name], np.array(drawn, dtype=np.int64), tuple(allowed),
+                    config.with_options, config.separator, config.style, row_templates=per_row)
+        if not fewshot.plain:
+            job.fewshot = plan_task(spec, fewshot, config.seed, drawn, job.row_template_lists(),
+                                    pools[spec.name], allowed, loaded[spec.name].take)
+        jobs.append(job)
     return jobs, sizes
 
 
 def _heldout_jobs(
     plan: SplitPlan, loaded: dict[str, Rows], config: BuildConfig
-) -> tuple[list[_TaskJob], dict[str, dict[str, int]]]:
+) -> tuple[list[Shard], dict[str, dict[str, int]]]:
     jobs, sizes = [], {}
     for spec in plan.heldout_tasks:
         rows = loaded[spec.name]
@@ -281,42 +179,9 @@ def _heldout_jobs(
         templates = [i for i, t in enumerate(spec.templates) if not t.inverted]
         sizes[spec.name] = {"rows_available": len(rows), "rows_used": len(indices),
                             "templates": len(templates)}
-        jobs.append(_TaskJob(spec, rows.split, rows.take(indices), indices,
-                             [templates] * len(indices), config.with_options, config.separator,
-                             config.style))
+        jobs.append(Shard(spec, rows, np.array(indices, dtype=np.int64), tuple(templates),
+                          config.with_options, config.separator, config.style))
     return jobs, sizes
-
-
-def _run_jobs(
-    jobs: list[_TaskJob], num_proc: int, desc: str, renderers: dict[str, TaskRenderer]
-) -> dict[str, list[dict[str, Any]]]:
-    results: dict[str, list[dict[str, Any]]] = {}
-    with progress(total=len(jobs), desc=desc, unit="task") as bar:
-        if num_proc > 1 and len(jobs) > 1:
-            with ProcessPoolExecutor(max_workers=num_proc, initializer=exit_with_parent,
-                                     initargs=(os.getpid(),)) as pool:
-                for job, records in zip(jobs, pool.map(_render_job, jobs), strict=True):
-                    results[job.spec.name] = records
-                    bar.update()
-        else:
-            for job in jobs:
-                bar.set_postfix_str(job.spec.name)
-                results[job.spec.name] = _render_job(job, renderers[job.spec.name])
-                bar.update()
-    return results
-
-
-def _counts(records: list[dict[str, Any]]) -> dict[str, Any]:
-    per_template: dict[str, Counter[str]] = defaultdict(Counter)
-    for record in records:
-        per_template[record["task"]][record["template_id"]] += 1
-    return {
-        "total": len(records),
-        "per_cluster": dict(sorted(Counter(r["cluster"] for r in records).items())),
-        "per_task": dict(sorted(Counter(r["task"] for r in records).items())),
-        "per_template": {t: dict(sorted(c.items())) for t, c in sorted(per_template.items())},
-        "inverted": sum(1 for r in records if r["inverted"]),
-    }
 
 
 def _load_all(specs: list[TaskSpec], role: str, data_dir: Path | None) -> dict[str, Rows]:
@@ -325,18 +190,6 @@ def _load_all(specs: list[TaskSpec], role: str, data_dir: Path | None) -> dict[s
         for spec in bar:
             loaded[spec.name] = load_split(spec, role, data_dir)
     return loaded
-
-
-def _check_no_leak(train: list[dict[str, Any]], heldout: list[dict[str, Any]]) -> None:
-    heldout_hashes = {r["source_hash"] for r in heldout}
-    leaked = [r for r in train if r["source_hash"] in heldout_hashes
-              or not heldout_hashes.isdisjoint(r["exemplar_hashes"])]
-    if leaked:
-        first = leaked[0]
-        raise FlanError(f"{len(leaked)} training rows repeat a held-out row in the row or its few-shot "
-                        f"exemplars (first: task "
-                        f"{first['task']}, {first['source_split']} row {first['source_index']}); "
-                        "remove the duplicate from the training data")
 
 
 def _check_prompt_style(config: BuildConfig, plain: bool) -> None:
@@ -352,9 +205,39 @@ def _check_prompt_style(config: BuildConfig, plain: bool) -> None:
                         "--all-templates / --max-templates")
 
 
-def build(config: BuildConfig, registry: Registry | None = None) -> BuildResult:
-    """Build the dataset described by ``config`` and write it atomically to ``config.out``."""
-    started = time.perf_counter()
+@dataclass
+class BuildPlan:
+    """What a build writes, decided before any row is rendered (``plan_build``)."""
+
+    config: BuildConfig
+    registry: Registry
+    split_plan: SplitPlan
+    renderers: dict[str, TaskRenderer]  # every task's compiled templates, by task name
+    train_rows: dict[str, Rows]
+    heldout_rows: dict[str, Rows]
+    train_sizes: dict[str, dict[str, int]]
+    heldout_sizes: dict[str, dict[str, int]]
+    contamination: ContaminationCheck
+    originals: dict[str, TaskSpec]  # training tasks before --prompt-style
+    fewshot: ResolvedSettings
+    jobs: dict[str, list[Shard]]  # each output split's tasks in plan order, one whole shard each
+    hashed: list[str]  # the content hash's columns
+    heldout_hashes: set[str]  # source rows no training row may show
+
+    def rows(self, split: str) -> int:
+        return sum(len(job) for job in self.jobs[split])
+
+    def shards(self, split: str, max_rows: int | None = None) -> list[Shard]:
+        """``split``'s shards of at most ``max_rows`` (default ``SHARD_ROWS``) rendered rows, each
+        with its rows' places in the split: what ``render_shard`` takes, here or in a distributed job."""
+        # The training rows' order is a seeded shuffle of plan order, applied by position.
+        positions = shuffled_positions(self.config.seed, self.rows(split)) if split == TRAIN else None
+        return placed([dataclasses.replace(job, hashed=tuple(self.hashed)) for job in self.jobs[split]],
+                      positions, max_rows)
+
+
+def plan_build(config: BuildConfig, registry: Registry | None = None) -> BuildPlan:
+    """Check ``config``, load the sources and draw the mixture: everything but rendering and writing."""
     if config.style not in OUTPUT_STYLES:
         raise FlanError(f"--as must be one of {', '.join(OUTPUT_STYLES)}")
     if config.contamination not in MODES:
@@ -362,7 +245,6 @@ def build(config: BuildConfig, registry: Registry | None = None) -> BuildResult:
     for fmt in config.export_formats:
         if fmt not in EXPORT_FORMATS:
             raise FlanError(f"--format must be one of {', '.join(EXPORT_FORMATS)} (got {fmt!r})")
-    check_output_free(Path(config.out), config.overwrite)
     fewshot = config.fewshot.resolved(config.with_options)
     check_tokenizer(fewshot.tokenizer if fewshot.few_shot else None)
     _check_prompt_style(config, fewshot.plain)
@@ -382,25 +264,35 @@ def build(config: BuildConfig, registry: Registry | None = None) -> BuildResult:
     train_rows = _load_all(plan.train_tasks, "train", config.data_dir)
     heldout_rows = _load_all(plan.heldout_tasks, "eval", config.data_dir)
     heldout_jobs, heldout_sizes = _heldout_jobs(plan, heldout_rows, config)
-    contamination = ContaminationCheck([(j.spec.name, j.spec.fields, j.indices, j.rows)
-                                        for j in heldout_jobs], config.contamination)
+    heldout_rows_shown = [(j.spec, *j.prompt_rows()) for j in heldout_jobs]
+    contamination = ContaminationCheck([(spec.name, spec.fields, indices, rows)
+                                        for spec, indices, rows in heldout_rows_shown], config.contamination)
     train_jobs, train_sizes = _clean_train_jobs(plan, train_rows, config, contamination)
-    rendered_train = _run_jobs(train_jobs, config.num_proc, "rendering train", renderers)
-    rendered_heldout = _run_jobs(heldout_jobs, config.num_proc, "rendering heldout", renderers)
-
-    train = [r for job in train_jobs for r in rendered_train[job.spec.name]]
-    formats = summarize(fewshot, {j.spec.name: j.fewshot for j in train_jobs if j.fewshot}, train)
-    task_rng(config.seed, "*", "shuffle").shuffle(train)
-    heldout = [r for job in heldout_jobs for r in rendered_heldout[job.spec.name]]
-    if not train and not heldout:
+    if not any(len(job) for job in train_jobs + heldout_jobs):
         raise FlanError("the build produced no rows; check --tasks / --train-clusters / --total")
-    _check_no_leak(train, heldout)
+    # A training row (or few-shot exemplar) with a held-out row's content fails the build.
+    heldout_hashes = {row_hash({k: row[k] for k in spec.fields})
+                      for spec, _, rows in heldout_rows_shown for row in rows}
+    del heldout_rows_shown
 
-    splits = {TRAIN: train}
+    splits = {TRAIN: train_jobs}
     if plan.heldout is not None:
-        splits[HELDOUT] = heldout
-    hashed = hash_columns(list(_features(config.style)), fewshot)
-    hashes = {name: content_hash({k: r[k] for k in hashed} for r in rows) for name, rows in splits.items()}
+        splits[HELDOUT] = heldout_jobs
+    hashed = hash_columns(list(features(config.style)), fewshot)
+    return BuildPlan(config, registry, plan, renderers, train_rows, heldout_rows, train_sizes,
+                     heldout_sizes, contamination, originals, fewshot, splits, hashed, heldout_hashes)
+
+
+def build(config: BuildConfig, registry: Registry | None = None) -> BuildResult:
+    """Build the dataset described by ``config`` and write it atomically to ``config.out``."""
+    started = time.perf_counter()
+    check_output_free(Path(config.out), config.overwrite)  # before any work
+    planned = plan_build(config, registry)
+    registry, plan, hashed = planned.registry, planned.split_plan, planned.hashed
+    renderers = planned.renderers
+    train_rows, heldout_rows = planned.train_rows, planned.heldout_rows
+    train_sizes, heldout_sizes = planned.train_sizes, planned.heldout_sizes
+    contamination, originals, fewshot = planned.contamination, planned.originals, planned.fewshot
     manifest: dict[str, Any] = {
         "kind": "flan-builder dataset",
         "format_version": 1,
@@ -434,50 +326,43 @@ def build(config: BuildConfig, registry: Registry | None = None) -> BuildResult:
         # how `flan eval` scores each held-out task (from the spec and its cluster's _cluster.yaml),
         # so a built dataset carries it wherever it travels
         "evaluation": {spec.name: registry.evaluation(spec).to_json() for spec in plan.heldout_tasks},
-        "counts": {name: _counts(rows) for name, rows in splits.items()},
+        "counts": None,  # this and the other Nones: set once the rows are written
         "contamination": contamination.to_json(plan.shares_source),
-        "formats": formats,  # zero-/few-shot, with/without OPTIONS: what was drawn and made (train)
+        "formats": None,  # zero-/few-shot, with/without OPTIONS: what was drawn and made (train)
         "prompt_style": describe_style(plan.train_tasks, originals, config.prompt_style),
-        "content_hash": {**hashes, "all": content_hash([hashes])},
+        "content_hash": None,
         "content_hash_columns": hashed,
     }
-    _write(config, splits, manifest, started)
-    return BuildResult(Path(config.out), manifest)
-
-
-def _write(
-    config: BuildConfig, splits: dict[str, list[dict[str, Any]]], manifest: dict[str, Any],
-    started: float,
-) -> None:
-    import pyarrow as pa
-    from datasets import Dataset, DatasetDict, DatasetInfo
-    from datasets.table import InMemoryTable
-
-    quiet_datasets_unless_terminal()
-    features = _features(config.style)
+    tally = FormatTally()
     with atomic_directory(Path(config.out), overwrite=config.overwrite) as tmp:
-        # Rows already have the schema's types, so build Arrow tables directly:
-        # Dataset.from_list would re-encode every value through Features (most of the write time).
-        dataset = DatasetDict({
-            name: Dataset(
-                InMemoryTable(pa.Table.from_pylist(rows, schema=features.arrow_schema)),
-                info=DatasetInfo(features=features),
-            )
-            for name, rows in splits.items()
-        })
-        # An empty split (an evaluation-only build's train) must still be one shard: with none,
-        # datasets.load_from_disk fails on it (IndexError).
-        dataset.save_to_disk(str(tmp), num_shards={name: 1 for name, rows in splits.items() if not rows})
-        for fmt in config.export_formats:
-            data_dir = tmp / "data"
-            data_dir.mkdir(exist_ok=True)
-            for name, split in dataset.items():
-                target = data_dir / f"{name}.{fmt}"
-                if fmt == "parquet":
-                    split.to_parquet(str(target))
-                else:
-                    split.to_json(str(target), lines=True, force_ascii=False)
+        written = _write(planned, tmp, tally)
+        hashes = {name: split.content_hash for name, split in written.items()}
+        manifest["counts"] = {name: split.counts for name, split in written.items()}
+        plans = {j.spec.name: j.fewshot for j in planned.jobs[TRAIN] if j.fewshot}
+        manifest["formats"] = tally.summary(fewshot, plans)
+        manifest["content_hash"] = {**hashes, "all": content_hash([hashes])}
         manifest["built_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         manifest["wall_time_s"] = round(time.perf_counter() - started, 2)
         # The manifest is written last: its presence marks a complete output.
         write_json_atomic(tmp / MANIFEST_NAME, manifest)
+    return BuildResult(Path(config.out), manifest)
+
+
+def _write(planned: BuildPlan, tmp: Path, tally: FormatTally) -> dict[str, writer.WrittenSplit]:
+    """Render, order and save each split under ``tmp`` in bounded memory (writer.py)."""
+    config = planned.config
+    quiet_datasets_unless_terminal()
+    work = tmp / ".work"  # inside the atomic folder: an interrupted build leaves nothing outside it
+    work.mkdir()
+    written = {}
+    for name in planned.jobs:
+        files = writer.render(name, planned.shards(name), work, config.style, config.num_proc,
+                              planned.renderers)
+        train = name == TRAIN
+        written[name] = writer.order(
+            name, files, planned.rows(name), work, config.style, tally=tally if train else None,
+            leaks=writer.LeakCheck(planned.heldout_hashes) if train else None,
+            export_dir=tmp / "data" if config.export_formats else None, export_formats=config.export_formats)
+    writer.save(tmp, written, config.style)
+    shutil.rmtree(work)
+    return written

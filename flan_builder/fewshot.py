@@ -37,6 +37,7 @@ import functools
 import math
 import sys
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -411,50 +412,75 @@ def _fit(pending: list[tuple[Any, ...]], counter: TokenCounter, plan: TaskPlan, 
 # -- the manifest --------------------------------------------------------------------------------
 
 
+@dataclass
+class FormatTally:
+    """What the manifest's few-shot record counts over the train split, fed row by row
+    (``add``) or, by ``writer.py``, a column batch at a time; rows in plan order."""
+
+    per_format: Counter[str] = field(default_factory=Counter)
+    few_shot_rows: int = 0
+    shots: int = 0  # exemplars, over every few-shot row
+    fell_back: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    first: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+
+    def add(self, record: dict[str, Any]) -> None:
+        """Count one rendered record; takes its FALLBACK note off."""
+        reason = record.pop(FALLBACK, None)
+        if reason is not None:
+            self.add_fallback(record, reason)
+        self.per_format[record["format"]] += 1
+        if record["format"].startswith("fs"):
+            self.few_shot_rows += 1
+            self.shots += len(record["exemplar_indices"])
+
+    def add_fallback(self, record: dict[str, Any], reason: str) -> None:
+        """A row kept zero-shot (the first of each task and reason is named in the warning)."""
+        self.fell_back[record["task"]][reason] += 1
+        self.first.setdefault((record["task"], reason), record)
+
+    def summary(self, settings: ResolvedSettings, plans: dict[str, TaskPlan]) -> dict[str, Any]:
+        """The manifest's record; prints one warning per task and reason for rows kept zero-shot
+        by the token budget."""
+        unit = budget_unit(settings.tokenizer)
+        for (task, reason), record in sorted(self.first.items()):
+            if reason in ("query_over_budget", "no_exemplar_fits"):
+                n = self.fell_back[task][reason]
+                print(f"flan build: warning: task {task}: {n:,} few-shot row{'s' if n != 1 else ''} kept "
+                      f"zero-shot: {_REASONS[reason]} of {settings.budget:,} {unit} (first: "
+                      f"template {record['template_id']}, {record['source_split']} row "
+                      f"{record['source_index']})", file=sys.stderr)
+        drawn: Counter[str] = Counter()
+        for plan in plans.values():
+            drawn.update(plan.drawn)
+        return {
+            "formats": list(settings.formats),
+            "variant": settings.variant if settings.few_shot else None,
+            "shots": settings.shots,
+            "budget": settings.budget if settings.few_shot else None,
+            "budget_unit": unit if settings.few_shot else None,
+            "tokenizer": settings.tokenizer,
+            "drawn": {f: drawn[f] for f in settings.formats},
+            "per_format": {f: n for f, n in sorted(self.per_format.items(),
+                                                   key=lambda item: FORMATS.index(item[0]))},
+            "few_shot_rows": self.few_shot_rows,
+            "average_shots": round(self.shots / self.few_shot_rows, 3) if self.few_shot_rows else 0.0,
+            "kept_zero_shot": {task: dict(sorted(c.items())) for task, c in sorted(self.fell_back.items())},
+            "kept_zero_shot_total": sum(sum(c.values()) for c in self.fell_back.values()),
+            "tasks_without_exemplars": sorted(task for task, plan in plans.items() if plan.no_exemplars),
+            "reasons": _REASONS,
+        }
+
+
 def summarize(settings: ResolvedSettings, plans: dict[str, TaskPlan],
-              records: list[dict[str, Any]]) -> dict[str, Any]:
+              records: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """The manifest's few-shot record for the train split; takes the FALLBACK notes off the records.
 
     Prints one warning per task and reason for rows kept zero-shot by the token budget.
     """
-    unit = budget_unit(settings.tokenizer)
-    fell_back: dict[str, Counter[str]] = defaultdict(Counter)
-    first: dict[tuple[str, str], dict[str, Any]] = {}
-    shots: list[int] = []
+    tally = FormatTally()
     for record in records:
-        reason = record.pop(FALLBACK, None)
-        if reason is not None:
-            fell_back[record["task"]][reason] += 1
-            first.setdefault((record["task"], reason), record)
-        if record["format"].startswith("fs"):
-            shots.append(len(record["exemplar_indices"]))
-    for (task, reason), record in sorted(first.items()):
-        if reason in ("query_over_budget", "no_exemplar_fits"):
-            n = fell_back[task][reason]
-            print(f"flan build: warning: task {task}: {n:,} few-shot row{'s' if n != 1 else ''} kept "
-                  f"zero-shot: {_REASONS[reason]} of {settings.budget:,} {unit} (first: "
-                  f"template {record['template_id']}, {record['source_split']} row {record['source_index']})",
-                  file=sys.stderr)
-    drawn: Counter[str] = Counter()
-    for plan in plans.values():
-        drawn.update(plan.drawn)
-    return {
-        "formats": list(settings.formats),
-        "variant": settings.variant if settings.few_shot else None,
-        "shots": settings.shots,
-        "budget": settings.budget if settings.few_shot else None,
-        "budget_unit": unit if settings.few_shot else None,
-        "tokenizer": settings.tokenizer,
-        "drawn": {f: drawn[f] for f in settings.formats},
-        "per_format": {f: n for f, n in sorted(Counter(r["format"] for r in records).items(),
-                                               key=lambda item: FORMATS.index(item[0]))},
-        "few_shot_rows": len(shots),
-        "average_shots": round(sum(shots) / len(shots), 3) if shots else 0.0,
-        "kept_zero_shot": {task: dict(sorted(c.items())) for task, c in sorted(fell_back.items())},
-        "kept_zero_shot_total": sum(sum(c.values()) for c in fell_back.values()),
-        "tasks_without_exemplars": sorted(task for task, plan in plans.items() if plan.no_exemplars),
-        "reasons": _REASONS,
-    }
+        tally.add(record)
+    return tally.summary(settings, plans)
 
 
 def summary_line(record: dict[str, Any]) -> str | None:
@@ -474,4 +500,5 @@ def summary_line(record: dict[str, Any]) -> str | None:
 
 
 __all__ = ["COLUMNS", "DEFAULT_BUDGET", "FORMATS", "VARIANTS", "FewShotPattern", "FewShotSettings",
-           "TaskPlan", "hash_columns", "pattern_for", "plan_task", "shape_records", "summarize"]
+           "FormatTally", "TaskPlan", "hash_columns", "pattern_for", "plan_task", "shape_records",
+           "summarize"]

@@ -10,7 +10,10 @@ cycling through a dataset's rows when it must give more than it has.
 from __future__ import annotations
 
 import random
+from array import array
 from dataclasses import dataclass
+
+import numpy as np
 
 DEFAULT_MAX_PER_DATASET = 30_000
 DEFAULT_RATE_CAP = 3_000
@@ -75,3 +78,17 @@ def draw_rows(pool: list[int], count: int, rng: random.Random) -> list[int]:
 def draw_templates(count: int, n_templates: int, rng: random.Random) -> list[int]:
     """One template index per example, uniformly at random."""
     return [rng.randrange(n_templates) for _ in range(count)]
+
+
+def shuffled_positions(seed: int, count: int) -> np.ndarray:
+    """Where each of ``count`` rows in plan order lands after the build's seeded shuffle.
+
+    The shuffle is ``random.shuffle`` over the row numbers (the permutation it gives depends only on
+    the generator and the length), done in an 8-byte array instead of a list of rows; the result
+    is its inverse: ``positions[u]`` is the output row of the ``u``-th row in plan order.
+    """
+    order = array("q", range(count))
+    task_rng(seed, "*", "shuffle").shuffle(order)
+    positions = np.empty(count, dtype=np.int64)
+    positions[np.frombuffer(order, dtype=np.int64)] = np.arange(count, dtype=np.int64)
+    return positions
