@@ -6,7 +6,6 @@ with its field names and label encoding, so one task spec serves both.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from collections.abc import Sequence
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from flan_builder.errors import FlanError
+from flan_builder.sources.jsonl import JsonlLines
 from flan_builder.specs import TaskSpec
 
 DATA_DIR_ENV = "FLAN_DATA_DIR"
@@ -39,7 +39,7 @@ class Rows:
     task: str
     split: str
     origin: str  # a file path or hub id, for messages and the manifest
-    _rows: Sequence[dict[str, Any]] | Any  # list of dicts, or a datasets.Dataset
+    _rows: Sequence[dict[str, Any]] | Any  # list of dicts, a mirror's JsonlLines, or a datasets.Dataset
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -48,6 +48,8 @@ class Rows:
         """The rows at ``indices``, as dicts, in that order."""
         if isinstance(self._rows, list):
             return [self._rows[i] for i in indices]
+        if isinstance(self._rows, JsonlLines):
+            return self._rows.take(indices)
         return self._rows.select(list(indices)).to_list()
 
     def all(self) -> list[dict[str, Any]]:
@@ -70,28 +72,6 @@ def available_roles(spec: TaskSpec, data_dir: Path | None) -> dict[str, bool]:
         or mirror_path(spec, split, data_dir).is_file()
         for role, split in spec.source.splits.items()
     }
-
-
-def _read_jsonl(spec: TaskSpec, path: Path) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    number = 0
-    try:
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise FlanError(f"task {spec.name}: {path}:{number} is not valid JSON "
-                                    f"({exc.msg}); fix or remove that line") from None
-                if not isinstance(row, dict):
-                    raise FlanError(f"task {spec.name}: {path}:{number} is not a JSON object")
-                rows.append(row)
-    except UnicodeDecodeError as exc:  # read in blocks: the bad byte is at or after this line
-        raise FlanError(f"task {spec.name}: {path} is not UTF-8 text ({exc.reason}, after line "
-                        f"{number}); convert it to UTF-8 (e.g. iconv -t utf-8)") from None
-    return rows
 
 
 def _load_hub(spec: TaskSpec, split: str) -> Any:
@@ -171,7 +151,9 @@ def load_split(spec: TaskSpec, role: str, data_dir: Path | None) -> Rows:
             present = sorted(p.stem for p in folder.glob("*.jsonl"))
             raise FlanError(f"task {spec.name}: split {split!r} not found ({path} is missing; "
                             f"present: {', '.join(present) or 'none'})")
-        rows = Rows(spec.name, split, str(path), _read_jsonl(spec, path))
+        # checked line by line and kept as offsets: rows are parsed again when taken (jsonl.py)
+        lines = JsonlLines.index(path, spec.name, split, spec.fields, spec.path)
+        rows = Rows(spec.name, split, str(path), lines)
     elif not spec.source.hub_id:
         raise FlanError(f"task {spec.name} has no Hub copy (its spec names no source.hub_id); pass "
                         f"--data-dir DIR with {spec.source.mirror}/{split}.jsonl in it (or set "
@@ -184,7 +166,7 @@ def load_split(spec: TaskSpec, role: str, data_dir: Path | None) -> Rows:
         rows = _carve(spec, role, rows)
     if isinstance(rows._rows, list):
         _check_fields(spec, rows, rows._rows)
-    else:
+    elif not isinstance(rows._rows, JsonlLines):  # a mirror's lines were checked as they were read
         missing = [f for f in spec.fields if f not in rows._rows.column_names]
         if missing:
             raise FlanError(f"task {spec.name}: {rows.origin} split {split} has no field(s) "
