@@ -15,7 +15,7 @@ import functools
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,7 @@ import jinja2
 from jinja2 import StrictUndefined, nodes
 from jinja2.compiler import CodeGenerator, Frame, optimizeconst
 from jinja2.exceptions import SecurityError
+from jinja2.runtime import Context, LoopContext
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEnvironment
 
 from flan_builder.errors import FlanError
@@ -49,6 +50,11 @@ _render_state = threading.local()
 _HUGE_FORMAT = re.compile(r"%[-#0 +]*(?:\d{6,}|\*)|%[-#0 +]*\d*\.(?:\d{6,}|\*)|\{[^{}]*:[^{}]*\d{6,}")
 _NOT_ALLOWED = {nodes.Include: "include", nodes.Import: "import", nodes.FromImport: "import",
                 nodes.Extends: "extends"}
+# Every attribute a plain dict has (its class's: a dict instance has no attributes of its own).
+_DICT_ATTRIBUTES = frozenset(dir(dict))
+# Exact types for which the sandbox's attribute check depends only on (type, name), so its answer
+# can be remembered (the check is a chain of isinstance tests, ABCs included, on every access).
+_FIXED_TYPES = frozenset({str, int, float, bool, type(None), list, tuple, dict, LoopContext})
 
 
 class TemplateBudgetError(SecurityError):
@@ -133,6 +139,26 @@ class _BoundedEnvironment(ImmutableSandboxedEnvironment):
         super().__init__(**kwargs)
         self.filters = {name: _bounded_filter(f) for name, f in self.filters.items()}
         self.globals[_LOOP_GUARD] = _bounded_loop
+        self._safe_attributes: dict[tuple[type, str], bool] = {}
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if type(obj) is dict and attribute not in _DICT_ATTRIBUTES:
+            # What the sandbox does once getattr fails (f.name on a row's dict), without the
+            # AttributeError: a name that is not one of dict's attributes can only be a key.
+            try:
+                return obj[attribute]
+            except KeyError:
+                return self.undefined(obj=obj, name=attribute)
+        return super().getattr(obj, attribute)
+
+    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
+        kind = type(obj)
+        if kind not in _FIXED_TYPES:
+            return super().is_safe_attribute(obj, attr, value)
+        safe = self._safe_attributes.get((kind, attr))
+        if safe is None:
+            safe = self._safe_attributes[kind, attr] = super().is_safe_attribute(obj, attr, value)
+        return safe
 
     def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
         tree = super()._parse(source, name, filename)
@@ -206,21 +232,29 @@ def can_run_long(env: jinja2.Environment, source: str) -> bool:
     return any(True for _ in tree.find_all((nodes.For, nodes.Macro, nodes.CallBlock, nodes.Call)))
 
 
+def _new_context(template: jinja2.Template, ctx: dict[str, Any]) -> Context:
+    """``template.new_context(ctx, shared=True)`` without copying the globals' keys into a set on
+    every render (they are read only by ``make_module``, which imports need, and imports are refused)."""
+    return Context(template.environment, ctx, template.name, template.blocks)
+
+
 def render_bounded(template: jinja2.Template, ctx: dict[str, Any], can_run_long: bool = True) -> str:
     """Render on a shared context, stopping at the output cap and (in loops and calls) the time limit."""
     if not can_run_long:  # every operation is capped already: one join, then the total
-        text = "".join(template.root_render_func(template.new_context(ctx, shared=True)))
-        _check_size(len(text))
+        text = "".join(template.root_render_func(_new_context(template, ctx)))
+        if len(text) > MAX_RENDER_CHARS:
+            raise _too_long(len(text))
         return text
     _render_state.deadline = time.monotonic() + RENDER_TIME_LIMIT_S
     try:
-        chunks = []
+        chunks: list[str] = []
+        append = chunks.append
         size = 0
-        for chunk in template.root_render_func(template.new_context(ctx, shared=True)):
+        for chunk in template.root_render_func(_new_context(template, ctx)):
             size += len(chunk)
             if size > MAX_RENDER_CHARS:
                 raise _too_long(size)
-            chunks.append(chunk)
+            append(chunk)
         return "".join(chunks)
     finally:
         _render_state.deadline = None
@@ -241,8 +275,24 @@ class RenderedExample:
     references: list[str]
 
 
+def _example(template_id: str, inverted: bool, input: str, prompt: str, target: str,
+             completion: str, options: list[str], answer_index: int, references: list[str],
+             ) -> RenderedExample:
+    """``RenderedExample(...)`` for the render loop: a frozen dataclass's ``__init__`` sets each
+    field through ``object.__setattr__``, which costs as much as rendering a short template."""
+    example = object.__new__(RenderedExample)
+    example.__dict__.update(template_id=template_id, inverted=inverted, input=input, prompt=prompt,
+                            target=target, completion=completion, options=options,
+                            answer_index=answer_index, references=references)
+    return example
+
+
 class TemplateRenderError(FlanError):
     """A template failed on a row; the message names task, template, split and row."""
+
+
+class _RowProblem(Exception):
+    """A spec's value that does not fit a row; the caller adds which task, template and row."""
 
 
 def _undefined_name(exc: jinja2.UndefinedError) -> str:
@@ -300,8 +350,8 @@ class _Expression:
             # Evaluated like compile_expression does, but on the shared context (no copy).
             template = env.from_string("{% set result = (" + self.source + ") %}")
 
-            def evaluate(ctx: Mapping[str, Any]) -> Any:
-                context = template.new_context(ctx, shared=True)
+            def evaluate(ctx: dict[str, Any]) -> Any:
+                context = _new_context(template, ctx)
                 for _ in template.root_render_func(context):
                     pass
                 return context.vars["result"]
@@ -370,6 +420,11 @@ class _CompiledTemplate:
         )
         self._env = env
         self._can_run_long = can_run_long(env, template.input + _JOINT + target)
+        self.id = template.id
+        self.inverted = template.inverted
+        # the template overrides the task's options, answer or references: a context of its own
+        self.needs_own_context = (self.options is not None or self.static_options is not None
+                                  or self.answer is not None or self.references is not None)
 
     def render_pair(self, ctx: dict[str, Any]) -> tuple[str, str]:
         """Input and target in one pass over a shared context (which already holds the globals).
@@ -383,11 +438,6 @@ class _CompiledTemplate:
                     render_bounded(self._env.from_string(self._target_source), ctx))
         return parts[0], parts[1]
 
-    @property
-    def needs_own_context(self) -> bool:
-        """True when the template overrides the task's options, answer or references."""
-        return (self.options is not None or self.static_options is not None
-                or self.answer is not None or self.references is not None)
 
 
 class TaskRenderer:
@@ -418,12 +468,12 @@ class TaskRenderer:
         # range, dict, ... (render_pair bypasses the env's globals) and the spec's constants
         self.globals = {**self.env.globals, **spec.constants}
         self.template_ids = [t.id for t in spec.templates]
+        self._has_options = spec.has_options
+        self._generation = spec.type == "generation"
 
     # -- context ---------------------------------------------------------------------------
 
-    def _choices(
-        self, ctx: dict[str, Any], compiled: _CompiledTemplate | None, where: str
-    ) -> tuple[list[str], int]:
+    def _choices(self, ctx: dict[str, Any], compiled: _CompiledTemplate | None) -> tuple[list[str], int]:
         options_expr = compiled.options if compiled and compiled.options else self.options
         static = compiled.static_options if compiled and compiled.static_options else None
         if static is None and options_expr is None:
@@ -434,29 +484,21 @@ class TaskRenderer:
             assert options_expr is not None
             value = options_expr(ctx)
             if not isinstance(value, (list, tuple)) or not value:
-                raise TemplateRenderError(
-                    f"{where}: options expression {options_expr.source!r} gave {value!r}, "
-                    "not a non-empty list; fix 'options' in the spec"
-                )
+                raise _RowProblem(f"options expression {options_expr.source!r} gave {value!r}, "
+                                  "not a non-empty list; fix 'options' in the spec")
             options = [str(v).strip() for v in value]  # data has stray spaces (piqa)
         answer_expr = compiled.answer if compiled and compiled.answer else self.answer
         assert answer_expr is not None
         raw = answer_expr(ctx)
         if isinstance(raw, bool) or not isinstance(raw, int):
-            raise TemplateRenderError(
-                f"{where}: answer expression {answer_expr.source!r} gave {raw!r}, not an option "
-                "index; fix 'answer' in the spec or the row"
-            )
+            raise _RowProblem(f"answer expression {answer_expr.source!r} gave {raw!r}, not an option "
+                              "index; fix 'answer' in the spec or the row")
         if not 0 <= raw < len(options):
-            raise TemplateRenderError(
-                f"{where}: label out of range: answer index {raw} but only {len(options)} options "
-                f"{options}; fix the row's label or the spec's options"
-            )
+            raise _RowProblem(f"label out of range: answer index {raw} but only {len(options)} options "
+                              f"{options}; fix the row's label or the spec's options")
         return options, raw
 
-    def _references(
-        self, ctx: dict[str, Any], compiled: _CompiledTemplate | None, where: str
-    ) -> list[str]:
+    def _references(self, ctx: dict[str, Any], compiled: _CompiledTemplate | None) -> list[str]:
         expr = (compiled.references if compiled else None) or self.references
         if expr is None:
             return [ctx["correct_choice"]] if "correct_choice" in ctx else []
@@ -464,84 +506,117 @@ class TaskRenderer:
         if isinstance(value, (str, int, float)):
             value = [value]
         if not isinstance(value, (list, tuple)):
-            raise TemplateRenderError(f"{where}: references expression {expr.source!r} gave "
-                                      f"{type(value).__name__}, not a list of strings")
+            raise _RowProblem(f"references expression {expr.source!r} gave "
+                              f"{type(value).__name__}, not a list of strings")
         refs = [str(v) for v in value if str(v).strip()]
-        if not refs and self.spec.type == "generation":
-            raise TemplateRenderError(f"{where}: the row has no reference answer "
-                                      f"({expr.source!r} is empty); drop the row or fix the spec")
+        if not refs and self._generation:
+            raise _RowProblem(f"the row has no reference answer ({expr.source!r} is empty); drop the "
+                              "row or fix the spec")
         return refs
 
-    # -- rendering -------------------------------------------------------------------------
-
-    def render(
-        self, row: Mapping[str, Any], template_index: int, *, split: str = "?", row_index: int = -1,
-        base_context: dict[str, Any] | None = None,
-    ) -> RenderedExample:
-        """Render ``row`` with one template; ``base_context`` lets callers reuse a row's context."""
-        compiled = self.templates[template_index]
-        template = compiled.spec
-        where = f"task {self.spec.name}, template {template.id}, {split} row {row_index}"
-        try:
-            if base_context is None or compiled.needs_own_context:
-                ctx = self.context(row, compiled, where)
-            else:
-                ctx = base_context
-            text, target = compiled.render_pair(ctx)
-            text, target = text.strip(), target.strip()
-            if self.spec.has_options and not template.inverted:
-                options = ctx["answer_choices"]
-                answer_index = ctx["correct_index"]
-                references = self._references(ctx, compiled, where)
-            else:
-                options, answer_index = [], -1
-                references = [target] if template.inverted else ctx["references"]
-        except (jinja2.TemplateError, *_TEMPLATE_FAULTS) as exc:
-            raise _render_error(exc, where, row, f"the template in {self.spec.path}") from None
-        if not text:
-            raise TemplateRenderError(f"{where}: the rendered input is empty")
-        if not target:
-            raise TemplateRenderError(f"{where}: the rendered target is empty")
-        prompt = text + options_suffix(options) if (options and self.with_options) else text
-        return RenderedExample(
-            template_id=template.id,
-            inverted=template.inverted,
-            input=text,
-            prompt=prompt,
-            target=target,
-            completion=self.separator + target,
-            options=options,
-            answer_index=answer_index,
-            references=references,
-        )
+    def _context(self, row: Mapping[str, Any], compiled: _CompiledTemplate | None) -> dict[str, Any]:
+        ctx: dict[str, Any] = {**self.globals, **row}
+        ctx["row"] = row
+        ctx[_LOOP_GUARD] = _bounded_loop  # a row's own field of that name must not replace it
+        if self._has_options:
+            options, index = self._choices(ctx, compiled)
+            ctx["answer_choices"] = options
+            ctx["correct_index"] = index
+            ctx["correct_choice"] = options[index]
+        elif self.references is not None:
+            ctx["references"] = self._references(ctx, compiled)
+        return ctx
 
     def context(
         self, row: Mapping[str, Any], compiled: _CompiledTemplate | None = None, where: str = ""
     ) -> dict[str, Any]:
         """The names a template sees: the row's fields, ``row`` itself, and the answer choices."""
-        where = where or f"task {self.spec.name}"
-        ctx: dict[str, Any] = {**self.globals, **row}
-        ctx["row"] = row
-        ctx[_LOOP_GUARD] = _bounded_loop  # a row's own field of that name must not replace it
         try:
-            if self.spec.has_options:
-                options, index = self._choices(ctx, compiled, where)
-                ctx["answer_choices"] = options
-                ctx["correct_index"] = index
-                ctx["correct_choice"] = options[index]
-            elif self.references is not None:
-                ctx["references"] = self._references(ctx, compiled, where)
+            return self._context(row, compiled)
+        except _RowProblem as exc:
+            raise TemplateRenderError(f"{where or f'task {self.spec.name}'}: {exc}") from None
         except (jinja2.TemplateError, *_TEMPLATE_FAULTS) as exc:
-            raise _render_error(exc, where, row, f"the spec in {self.spec.path}") from None
-        return ctx
+            raise _render_error(exc, where or f"task {self.spec.name}", row,
+                                f"the spec in {self.spec.path}") from None
+
+    # -- rendering -------------------------------------------------------------------------
+
+    def render_rows(
+        self, rows: Sequence[Mapping[str, Any]], templates: Sequence[Sequence[int]], *,
+        split: str = "?", row_indices: Sequence[int] | None = None,
+    ) -> list[RenderedExample]:
+        """Render ``rows[k]`` with each template in ``templates[k]``, row by row: the batch API.
+
+        A row's context is built once for all of its templates that share it. Every per-example
+        method (``render``, ``render_all``) comes through here, so they all give the same output.
+        ``row_indices`` name the rows in error messages (default: their place in ``rows``).
+        """
+        compiled_templates = self.templates
+        with_options = self.with_options
+        separator = self.separator
+        options_task = self._has_options
+        examples: list[RenderedExample] = []
+        append = examples.append
+        for k, (row, chosen) in enumerate(zip(rows, templates, strict=True)):
+            shared: dict[str, Any] | None = None
+            for template_index in chosen:
+                compiled = compiled_templates[template_index]
+                try:
+                    if compiled.needs_own_context:
+                        ctx = self._context(row, compiled)
+                    else:
+                        if shared is None:
+                            shared = self._context(row, None)
+                        ctx = shared
+                except _RowProblem as exc:
+                    raise TemplateRenderError(f"{self._where(compiled, split, row_indices, k)}: "
+                                              f"{exc}") from None
+                except (jinja2.TemplateError, *_TEMPLATE_FAULTS) as exc:
+                    raise _render_error(exc, self._where(compiled, split, row_indices, k), row,
+                                        f"the spec in {self.spec.path}") from None
+                try:
+                    text, target = compiled.render_pair(ctx)
+                    text, target = text.strip(), target.strip()
+                    if compiled.inverted:
+                        options, answer_index, references = [], -1, [target]
+                    elif options_task:
+                        options = ctx["answer_choices"]
+                        answer_index = ctx["correct_index"]
+                        references = self._references(ctx, compiled)
+                    else:
+                        options, answer_index, references = [], -1, ctx["references"]
+                except _RowProblem as exc:
+                    raise TemplateRenderError(f"{self._where(compiled, split, row_indices, k)}: "
+                                              f"{exc}") from None
+                except (jinja2.TemplateError, *_TEMPLATE_FAULTS) as exc:
+                    raise _render_error(exc, self._where(compiled, split, row_indices, k), row,
+                                        f"the template in {self.spec.path}") from None
+                if not text:
+                    raise TemplateRenderError(f"{self._where(compiled, split, row_indices, k)}: "
+                                              "the rendered input is empty")
+                if not target:
+                    raise TemplateRenderError(f"{self._where(compiled, split, row_indices, k)}: "
+                                              "the rendered target is empty")
+                append(_example(
+                    compiled.id, compiled.inverted, text,
+                    text + options_suffix(options) if (options and with_options) else text,
+                    target, separator + target, options, answer_index, references))
+        return examples
+
+    def _where(self, compiled: _CompiledTemplate, split: str, row_indices: Sequence[int] | None,
+               k: int) -> str:
+        row_index = row_indices[k] if row_indices is not None else k
+        return f"task {self.spec.name}, template {compiled.id}, {split} row {row_index}"
+
+    def render(
+        self, row: Mapping[str, Any], template_index: int, *, split: str = "?", row_index: int = -1,
+    ) -> RenderedExample:
+        """Render ``row`` with one template."""
+        return self.render_rows((row,), ((template_index,),), split=split, row_indices=(row_index,))[0]
 
     def render_all(
         self, row: Mapping[str, Any], template_indices: list[int], *, split: str = "?",
         row_index: int = -1,
     ) -> list[RenderedExample]:
         """Render one row with several templates, building the shared context once."""
-        base = self.context(row, None, f"task {self.spec.name}, {split} row {row_index}")
-        return [
-            self.render(row, i, split=split, row_index=row_index, base_context=base)
-            for i in template_indices
-        ]
+        return self.render_rows((row,), (template_indices,), split=split, row_indices=(row_index,))
