@@ -5,9 +5,9 @@ run directory from ``flan train`` loads onto its base model from its ``run.json`
 and IA3 are merged into the weights, so scoring runs at the base model's speed;
 virtual-token adapters (prompt / prefix tuning, P-tuning) stay PEFT models.
 
-Scoring: requests that share a context are encoded together the lm-evaluation-harness way
-and scored with one pass over the context; only each continuation's own tokens are scored
-(``lm.scoring``). Generation: left-padded
+Scoring: requests that share a context are encoded together the lm-evaluation-harness way,
+merged into a token trie and scored with one pass over it; only each continuation's own
+tokens are scored (``lm.scoring``). Generation: left-padded
 batches of similar length through ``model.generate``.
 """
 
@@ -142,8 +142,10 @@ class HFLM(LM):
         return rows, where
 
     def row_batches(self, rows: list[Any]) -> list[list[int]]:
-        """Indices of encoded rows, batched by prompt length."""
-        return batches(list(range(len(rows))), self.batch_size, lambda i: len(rows[i].prompt))
+        """Indices of encoded rows, batched by what each costs the scorer (little padding)."""
+        from flan_builder.lm.scoring import row_length
+
+        return batches(list(range(len(rows))), self.batch_size, lambda i: row_length(self.model, rows[i]))
 
     def score_requests(self, requests: list[LoglikelihoodRequest],
                        score_batch: Callable[[list[Any]], list[list[float]]]) -> list[float]:

@@ -15,19 +15,26 @@ lm-eval's rule of moving the context's trailing whitespace onto the continuation
 separator ``" "`` this gives exactly lm-eval's requests. A tokenizer without offsets splits
 after the most leading tokens that decode to a prefix of the context (the same place).
 
-The fast path (``logits_shared_prefix``) runs each context once, keeps its key/value cache,
-and runs every option of the row against a copy of that cache; only the positions that
-are scored go through the LM head. ``logits_full_sequences`` is the plain reference: one
-full forward pass per (context, option) pair, every position projected. Both return the
-same numbers (tests check it to 1e-4); the reference is also the fallback for models
-that prepend virtual tokens (prompt tuning, prefix tuning, P-tuning), whose forward
-must go through PEFT, and for rows whose options do not share the context's tokens.
+The fast path (``logits_tree``) merges a row's token sequences (context + option, for every
+option) into a trie and runs the whole trie as one sequence: every distinct prefix is one
+position, so the context runs once, a prefix that options share (PIQA's near-identical
+solutions) runs once, and an option's last token, which predicts nothing that is scored,
+does not run at all. A 4-D attention mask lets each position see exactly its ancestors, and
+the position ids are its depth, so each position computes what it would in its own
+sequence. Rows are right-padded into one batch; only the positions that predict a scored
+token go through the LM head, each once. ``logits_shared_prefix`` (the context once, its
+key/value cache copied to every option) is the path for attention kernels that take no
+custom mask (flash attention). ``logits_full_sequences`` is the plain reference: one full
+forward pass per (context, option) pair, every position projected. All three return the
+same numbers (tests check it to 1e-4); the reference is also the fallback for models that
+prepend virtual tokens (prompt tuning, prefix tuning, P-tuning), whose forward must go
+through PEFT.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -43,6 +50,52 @@ class Encoded:
     # (a boundary merge): the row is then scored sequence by sequence from ``fulls``.
     shared: bool = True
     fulls: list[list[int]] | None = None
+    _tree: Tree | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def tree(self) -> Tree:
+        """The row's sequences as a token trie (built once; several models can score the same rows)."""
+        if self._tree is None:
+            self._tree = build_tree(self)
+        return self._tree
+
+
+@dataclass
+class Tree:
+    """A row's token sequences merged into a trie: each distinct prefix is one position, run once."""
+
+    tokens: list[int]  # one per node; a parent always comes before its children
+    depth: list[int]  # the node's position in its sequences (its position id)
+    member: list[int]  # bit k set: sequence k passes through the node
+    predictors: list[int]  # per scored token, option by option: the node whose output predicts it
+
+
+def build_tree(row: Encoded) -> Tree:
+    """Merge every option's joint sequence (context + option, without its last token, which predicts
+    nothing scored) into a trie, and note which node predicts each scored token."""
+    sequences = row.fulls if row.fulls is not None else [row.prompt + o for o in row.options]
+    tokens: list[int] = []
+    depth: list[int] = []
+    member: list[int] = []
+    predictors: list[int] = []
+    children: dict[tuple[int, int], int] = {}
+    for k, (sequence, option) in enumerate(zip(sequences, row.options, strict=True)):
+        cut = len(sequence) - len(option)
+        if cut < 1:
+            raise ValueError("an option has no context before it: its first token cannot be scored")
+        node, path = -1, []
+        for d, token in enumerate(sequence[:-1]):
+            child = children.get((node, token))
+            if child is None:
+                child = children[(node, token)] = len(tokens)
+                tokens.append(token)
+                depth.append(d)
+                member.append(0)
+            member[child] |= 1 << k
+            node = child
+            path.append(node)
+        predictors.extend(path[cut - 1:])
+    return Tree(tokens, depth, member, predictors)
 
 
 Split = tuple[list[list[int]], list[int]]  # joint encodings, and where each one's scored tokens begin
@@ -190,6 +243,75 @@ def logits_shared_prefix(model: Any, rows: list[Encoded], pad_id: int) -> Scored
     return ScoredLogits(ordered, targets.to(device), option.to(device), len(options))
 
 
+_BITS = 62  # membership bits per int64 word (the sign bit stays clear)
+
+
+def _tree_masks(trees: list[Tree], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(position ids, [rows, width, width] bool: query sees key) for right-padded trees.
+
+    A node sees another iff that one is its ancestor or itself: every sequence through the query
+    also passes the key, at a depth no greater (a sequence passes one node per depth, so a node that
+    is not an ancestor misses at least one of the query's sequences)."""
+    sequences = max(max(m.bit_length() for m in t.member) for t in trees)
+    words = -(-sequences // _BITS)
+    mask = (1 << _BITS) - 1
+    depth = torch.zeros((len(trees), width), dtype=torch.long)
+    member = torch.zeros((words, len(trees), width), dtype=torch.long)
+    for i, tree in enumerate(trees):
+        depth[i, : len(tree.depth)] = torch.tensor(tree.depth, dtype=torch.long)
+        member[:, i, : len(tree.member)] = torch.tensor([tree.member] if words == 1 else [
+            [(m >> (_BITS * w)) & mask for m in tree.member] for w in range(words)], dtype=torch.long)
+    query, key = member.unsqueeze(-1), member.unsqueeze(-2)
+    sees = ((query & ~key) == 0).all(0) & (depth.unsqueeze(1) <= depth.unsqueeze(2))
+    sees &= member.ne(0).any(0).unsqueeze(1)  # never a padding key
+    sees |= torch.eye(width, dtype=torch.bool)  # a padding query sees itself (no empty softmax row)
+    return depth, sees
+
+
+def tree_supported(model: Any) -> bool:
+    """Whether the model's attention takes a custom 4-D mask (sdpa, eager; not flash attention),
+    with full and sliding-window layers only."""
+    config = model.config
+    kinds = set(getattr(config, "layer_types", None) or ["full_attention"])
+    return getattr(config, "_attn_implementation", None) in ("sdpa", "eager") and \
+        kinds <= {"full_attention", "sliding_attention"}
+
+
+@torch.no_grad()
+def logits_tree(model: Any, rows: list[Encoded], pad_id: int) -> ScoredLogits:
+    """Each row's trie run once (one batch, one forward pass); only predicting nodes hit the LM head."""
+    backbone, head = _backbone_and_head(model)
+    device = head.weight.device
+    trees = [row.tree for row in rows]
+    width = max(len(t.tokens) for t in trees)
+    ids = torch.full((len(trees), width), pad_id, dtype=torch.long)
+    for i, tree in enumerate(trees):
+        ids[i, : len(tree.tokens)] = torch.tensor(tree.tokens, dtype=torch.long)
+    depth, sees = _tree_masks(trees, width)
+    config = model.config
+    masks = {"full_attention": sees}
+    if "sliding_attention" in (getattr(config, "layer_types", None) or ()):
+        distance = depth.unsqueeze(2) - depth.unsqueeze(1)  # query's depth - key's
+        masks["sliding_attention"] = sees & (distance < config.sliding_window) | torch.eye(width,
+                                                                                           dtype=torch.bool)
+    if config._attn_implementation == "eager":  # eager adds the mask to the attention scores
+        dtype = head.weight.dtype
+        masks = {k: torch.zeros(m.shape, dtype=dtype).masked_fill(~m, torch.finfo(dtype).min)
+                 for k, m in masks.items()}
+    masks = {k: m.unsqueeze(1).to(device) for k, m in masks.items()}
+    attention = masks if len(masks) > 1 else masks["full_attention"]
+    hidden = backbone(input_ids=ids.to(device), attention_mask=attention, position_ids=depth.to(device),
+                      use_cache=False).last_hidden_state
+
+    # a node that predicts several scored tokens (a shared context's last token) goes through the head once
+    where = torch.cat([torch.tensor(t.predictors, dtype=torch.long) + i * width for i, t in enumerate(trees)])
+    unique, inverse = torch.unique(where, return_inverse=True)
+    logits = head(hidden.reshape(-1, hidden.shape[-1])[unique.to(device)]).float()[inverse.to(device)]
+    owner, options, offsets = _layout(rows)
+    targets, option = _targets(options, offsets)
+    return ScoredLogits(logits, targets.to(device), option.to(device), len(options))
+
+
 @torch.no_grad()
 def logits_full_sequences(model: Any, rows: list[Encoded], pad_id: int) -> ScoredLogits:
     """Reference path: a full forward pass per (prompt, option) pair, every position projected."""
@@ -215,9 +337,18 @@ def supports_shared_prefix(model: Any) -> bool:
 
 def scored_logits(model: Any, rows: list[Encoded], pad_id: int) -> ScoredLogits:
     """The logits at every scored position, by the fastest exact path the model allows."""
+    if supports_shared_prefix(model) and tree_supported(model):
+        return logits_tree(model, rows, pad_id)
     if supports_shared_prefix(model) and all(r.shared for r in rows):
         return logits_shared_prefix(model, rows, pad_id)
     return logits_full_sequences(model, rows, pad_id)
+
+
+def row_length(model: Any, row: Encoded) -> int:
+    """What a row costs the path ``scored_logits`` takes: its trie's nodes, or its prompt's tokens."""
+    if supports_shared_prefix(model) and tree_supported(model):
+        return len(row.tree.tokens)
+    return len(row.prompt)
 
 
 def option_sums(logits: torch.Tensor, scored: ScoredLogits) -> list[float]:
@@ -244,6 +375,11 @@ def _summed(rows: list[Encoded], scored: ScoredLogits) -> list[list[float]]:
 def score_shared_prefix(model: Any, rows: list[Encoded], pad_id: int) -> list[list[float]]:
     """Summed log-likelihood per option, each prompt run once and its cache shared by its options."""
     return _summed(rows, logits_shared_prefix(model, rows, pad_id))
+
+
+def score_tree(model: Any, rows: list[Encoded], pad_id: int) -> list[list[float]]:
+    """Summed log-likelihood per option, each row's sequences run once as a token trie."""
+    return _summed(rows, logits_tree(model, rows, pad_id))
 
 
 def score_full_sequences(model: Any, rows: list[Encoded], pad_id: int) -> list[list[float]]:
