@@ -19,7 +19,11 @@ from typing import Any
 from flan_builder.evaluation.aggregate import aggregate, gap_closed
 from flan_builder.evaluation.cot import check_cot
 from flan_builder.evaluation.rows import load_heldout, task_evaluations
-from flan_builder.evaluation.scorers import score_classification, score_generation
+from flan_builder.evaluation.scorers import (
+    score_classification,
+    score_classification_settings,
+    score_generation,
+)
 from flan_builder.evaluation.shots import ShotMaker
 from flan_builder.evaluation.suite import EvalConfig
 from flan_builder.lm.load import check_spec, load_lm, spec_name
@@ -97,6 +101,10 @@ def evaluate_models(config: EvalConfig) -> dict[str, Any]:
         models_info.append(lm.info)
         state.models[name] = lm.info
         state.save()
+        settings: dict[tuple[str, str], list[bool]] = {}
+        for key, use in todo:
+            settings.setdefault(key, []).append(use)
+        scored_together: dict[tuple[str, str, bool], tuple[dict[str, Any], Any, float]] = {}
         with progress(todo, desc=f"evaluating {Path(name).name}", unit="template") as bar:
             for (task, template), use_options in bar:
                 rows, group_separator, shots_used = groups[(task, template)], separator, 0
@@ -106,7 +114,19 @@ def evaluate_models(config: EvalConfig) -> dict[str, Any]:
                 evaluation = evaluations[task]
                 t0 = time.perf_counter()
                 samples: list[dict[str, Any]] | None = [] if config.log_samples else None
-                if evaluation["output_type"] == "multiple_choice":
+                if evaluation["output_type"] == "multiple_choice" and shot_maker is None and \
+                        len(settings[(task, template)]) > 1:
+                    # with and without OPTIONS in one scoring call: their shared input runs once
+                    if (task, template, use_options) not in scored_together:
+                        both = tuple(settings[(task, template)])
+                        kept = {use: [] for use in both} if config.log_samples else None
+                        results = score_classification_settings(lm, rows, group_separator, both, kept)
+                        share = (time.perf_counter() - t0) / len(both)
+                        scored_together.update({(task, template, use): (
+                            results[use], kept and kept[use], share) for use in both})
+                    scores, samples, seconds = scored_together.pop((task, template, use_options))
+                    t0 = time.perf_counter() - seconds  # the record counts its share of the joint call
+                elif evaluation["output_type"] == "multiple_choice":
                     scores = score_classification(lm, rows, group_separator, use_options, samples)
                 else:
                     scores = score_generation(lm, rows, evaluation, use_options, config.metric_from_hub,

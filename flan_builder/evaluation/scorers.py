@@ -18,14 +18,17 @@ def _context(row: dict[str, Any], separator: str, use_options: bool) -> str:
     return (row["prompt"] if use_options else row["input"]) + separator
 
 
-def _requests(rows: list[dict[str, Any]], separator: str, use_options: bool) -> list[LoglikelihoodRequest]:
+def _requests(rows: list[dict[str, Any]], separator: str, use_options: bool,
+              grouped: bool = False) -> list[LoglikelihoodRequest]:
+    """One request per option; ``grouped``: each carries its row's number, so a row's requests under
+    several OPTIONS settings are scored together (the input they share runs once)."""
     for row in rows:
         if not all(row["options"]):  # no tokens to score: every tool would rank it arbitrarily
             raise FlanError(f"task {row.get('task')}, template {row.get('template_id')}, row "
                             f"{row.get('source_index')}: an option is empty, so it cannot be scored; "
                             "give every option some text (or drop the row)")
-    return [LoglikelihoodRequest(_context(row, separator, use_options), option)
-            for row in rows for option in row["options"]]
+    return [LoglikelihoodRequest(_context(row, separator, use_options), option, i if grouped else None)
+            for i, row in enumerate(rows) for option in row["options"]]
 
 
 def _per_row(rows: list[dict[str, Any]], flat: list[Any]) -> list[list[Any]]:
@@ -53,10 +56,31 @@ def score_classification(lm: LM, rows: list[dict[str, Any]], separator: str, use
     With ``samples`` (a list), one record per row is appended: the prompt, each option's score,
     scored tokens and characters, both predictions and the gold answer (lm-eval's --log_samples).
     """
-    requests = _requests(rows, separator, use_options)
-    scores = _per_row(rows, lm.loglikelihood(requests))
-    tokens = _per_row(rows, lm.continuation_tokens(requests) or [None] * len(requests)) \
-        if samples is not None else None
+    return score_classification_settings(lm, rows, separator, (use_options,),
+                                         None if samples is None else {use_options: samples})[use_options]
+
+
+def score_classification_settings(lm: LM, rows: list[dict[str, Any]], separator: str,
+                                  settings: tuple[bool, ...],
+                                  samples: dict[bool, list[dict[str, Any]]] | None = None,
+                                  ) -> dict[bool, dict[str, Any]]:
+    """``score_classification`` for several OPTIONS settings (with, without) of the same rows in one
+    scoring call: the prompt with OPTIONS begins with the input, so that input runs once."""
+    requests = [r for use in settings for r in _requests(rows, separator, use, grouped=len(settings) > 1)]
+    flat = lm.loglikelihood(requests)
+    tokens = (lm.continuation_tokens(requests) or [None] * len(requests)) if samples is not None else None
+    out, start = {}, 0
+    for use in settings:
+        end = start + sum(len(row["options"]) for row in rows)
+        out[use] = _classification(rows, separator, use, _per_row(rows, flat[start:end]),
+                                   None if tokens is None else _per_row(rows, tokens[start:end]),
+                                   None if samples is None else samples[use])
+        start = end
+    return out
+
+
+def _classification(rows: list[dict[str, Any]], separator: str, use_options: bool, scores: list[list[float]],
+                    tokens: list[list[Any]] | None, samples: list[dict[str, Any]] | None) -> dict[str, Any]:
     correct = correct_norm = 0
     for i, (row, option_scores) in enumerate(zip(rows, scores, strict=True)):
         # per character of the option itself, as lm-evaluation-harness normalises acc_norm

@@ -22,6 +22,9 @@ class LoglikelihoodRequest:
 
     context: str
     continuation: str
+    # Requests with the same group (one held-out row, with and without OPTIONS) are scored together
+    # where the backend can share their common prefix; None: grouped by context alone.
+    group: Any = None
 
 
 @dataclass(frozen=True)

@@ -128,17 +128,27 @@ class HFLM(LM):
     # -- scoring ------------------------------------------------------------------------------
 
     def encode(self, requests: list[LoglikelihoodRequest]) -> tuple[list[Any], list[tuple[int, int]]]:
-        """Requests grouped by context into encoded rows, and where each request landed (row, option)."""
-        from flan_builder.lm.scoring import encode_row
+        """Requests grouped by context into encoded rows, and where each request landed (row, option).
+        Requests of one ``group`` (several contexts) become one row where the scorer runs a trie."""
+        from flan_builder.lm.scoring import encode_row, merge_rows, tree_supported
 
-        groups: dict[str, list[int]] = {}
+        merge = tree_supported(self.model)
+        by_context: dict[tuple[Any, str], list[int]] = {}
         for i, request in enumerate(requests):
-            groups.setdefault(request.context, []).append(i)
+            by_context.setdefault((request.group if merge else None, request.context), []).append(i)
+        parts: dict[Any, list[tuple[Any, list[int]]]] = {}
+        for (group, context), members in by_context.items():
+            row = encode_row(self.tokenizer, context, [requests[i].continuation for i in members], "")
+            key = ("context", context) if group is None else ("group", group)
+            parts.setdefault(key, []).append((row, members))
         rows, where = [], [(0, 0)] * len(requests)
-        for context, members in groups.items():
-            for k, i in enumerate(members):
-                where[i] = (len(rows), k)
-            rows.append(encode_row(self.tokenizer, context, [requests[i].continuation for i in members], ""))
+        for pieces in parts.values():
+            k = 0
+            for _, members in pieces:
+                for i in members:
+                    where[i] = (len(rows), k)
+                    k += 1
+            rows.append(pieces[0][0] if len(pieces) == 1 else merge_rows([row for row, _ in pieces]))
         return rows, where
 
     def row_batches(self, rows: list[Any]) -> list[list[int]]:

@@ -144,6 +144,12 @@ def encode_row(tokenizer: Any, prompt: str, options: Sequence[str], separator: s
     return Encoded(contexts[0], scored, shared, fulls)
 
 
+def merge_rows(rows: list[Encoded]) -> Encoded:
+    """Several contexts' rows as one (options in order): on a trie their common prefix runs once."""
+    fulls = [full for r in rows for full in (r.fulls or [r.prompt + o for o in r.options])]
+    return Encoded(rows[0].prompt, [o for r in rows for o in r.options], shared=False, fulls=fulls)
+
+
 def _backbone_and_head(model: Any) -> tuple[Any, Any]:
     return model.get_decoder() if hasattr(model, "get_decoder") else model.base_model, \
         model.get_output_embeddings()
