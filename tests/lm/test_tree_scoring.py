@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import tiny_config
+from tests.helpers import SHARED_DATA, requires_shared_data, tiny_config
 
 torch = pytest.importorskip("torch")
 
@@ -162,3 +162,58 @@ def test_scored_logits_takes_the_trie_where_the_attention_takes_a_mask(tokenizer
     model = _llama(len(tokenizer), "sdpa")
     model.config._attn_implementation = "flash_attention_2"  # no custom 4-D masks: the cache path
     assert not tree_supported(model)
+
+
+def test_batches_cut_where_padding_plus_calls_cost_least():
+    """The scorer's batches: longest first, at most `size` rows, and of all cuts of the sorted rows the
+    one with the fewest padded positions plus BATCH_COST per batch (checked against every cut)."""
+    import itertools
+    import random
+
+    from flan_builder.lm.hf import batches
+
+    random.seed(0)
+    for _ in range(20):
+        lengths = [random.choice([3, 20, 21, 80, 81, 90, 277]) for _ in range(11)]
+        cut = batches(list(range(len(lengths))), 4, lengths.__getitem__, 64)
+        ordered = [i for batch in cut for i in batch]
+        assert sorted(ordered) == list(range(len(lengths)))
+        assert [lengths[i] for i in ordered] == sorted(lengths, reverse=True)
+        assert all(len(batch) <= 4 for batch in cut)
+
+        def cost(batches_):
+            return sum(len(b) * max(b) + 64 for b in batches_)
+
+        sorted_lengths = sorted(lengths, reverse=True)
+        every = []
+        for marks in itertools.product([False, True], repeat=len(lengths) - 1):
+            bounds = [0] + [k + 1 for k, m in enumerate(marks) if m] + [len(lengths)]
+            parts = [sorted_lengths[a:b] for a, b in itertools.pairwise(bounds)]
+            if all(len(p) <= 4 for p in parts):
+                every.append(cost(parts))
+        assert cost([[lengths[i] for i in b] for b in cut]) == min(every)
+    # equal lengths fill whole batches; without a cost (generation) batches are filled as before
+    assert [len(b) for b in batches(list(range(40)), 16, lambda i: 10, 64)] == [16, 16, 8]
+    assert [len(b) for b in batches(list(range(40)), 16, lambda i: i)] == [16, 16, 8]
+
+
+@requires_shared_data
+def test_real_rte_rows_are_batched_with_little_padding(tokenizer):
+    """lm-eval's RTE prompt on the 277 real validation rows, 16 rows at most: cutting every 16 rows pads
+    about a tenth of all positions; the scorer's cut pads far fewer."""
+    import json
+
+    from flan_builder.lm.hf import BATCH_COST, batches
+
+    lines = (SHARED_DATA / "super_glue_rte" / "validation.jsonl").read_text(encoding="utf-8").splitlines()
+    prompts = [f"{d['premise']}\nQuestion: {d['hypothesis']} True or False?\nAnswer:"
+               for d in map(json.loads, lines)]
+    lengths = [len(ids) for ids in tokenizer(prompts)["input_ids"]]
+
+    def padding(cut):
+        return sum(len(b) * lengths[b[0]] - sum(lengths[i] for i in b) for b in cut) / sum(lengths)
+
+    rows = list(range(len(lengths)))
+    fixed = padding(batches(rows, 16, lengths.__getitem__))
+    ours = padding(batches(rows, 16, lengths.__getitem__, BATCH_COST["cpu"]))
+    assert len(rows) == 277 and fixed > 0.08 and ours < fixed / 3
