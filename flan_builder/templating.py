@@ -23,6 +23,7 @@ import jinja2
 from jinja2 import StrictUndefined, nodes
 from jinja2.compiler import CodeGenerator, Frame, optimizeconst
 from jinja2.exceptions import SecurityError
+from jinja2.parser import Parser
 from jinja2.runtime import Context, LoopContext
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEnvironment
 
@@ -55,6 +56,9 @@ _DICT_ATTRIBUTES = frozenset(dir(dict))
 # Exact types for which the sandbox's attribute check depends only on (type, name), so its answer
 # can be remembered (the check is a chain of isinstance tests, ABCs included, on every access).
 _FIXED_TYPES = frozenset({str, int, float, bool, type(None), list, tuple, dict, LoopContext})
+# loop.last and the like: safe names whose values are ints or bools (nothing to wrap or check).
+_LOOP_NUMBERS = frozenset({"index", "index0", "revindex", "revindex0", "first", "last", "length",
+                           "depth", "depth0"})
 
 
 class TemplateBudgetError(SecurityError):
@@ -142,13 +146,16 @@ class _BoundedEnvironment(ImmutableSandboxedEnvironment):
         self._safe_attributes: dict[tuple[type, str], bool] = {}
 
     def getattr(self, obj: Any, attribute: str) -> Any:
-        if type(obj) is dict and attribute not in _DICT_ATTRIBUTES:
+        kind = type(obj)
+        if kind is dict and attribute not in _DICT_ATTRIBUTES:
             # What the sandbox does once getattr fails (f.name on a row's dict), without the
             # AttributeError: a name that is not one of dict's attributes can only be a key.
             try:
                 return obj[attribute]
             except KeyError:
                 return self.undefined(obj=obj, name=attribute)
+        if kind is LoopContext and attribute in _LOOP_NUMBERS:
+            return getattr(obj, attribute)
         return super().getattr(obj, attribute)
 
     def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
@@ -240,22 +247,32 @@ def _new_context(template: jinja2.Template, ctx: dict[str, Any]) -> Context:
 
 def render_bounded(template: jinja2.Template, ctx: dict[str, Any], can_run_long: bool = True) -> str:
     """Render on a shared context, stopping at the output cap and (in loops and calls) the time limit."""
-    if not can_run_long:  # every operation is capped already: one join, then the total
-        text = "".join(template.root_render_func(_new_context(template, ctx)))
-        if len(text) > MAX_RENDER_CHARS:
-            raise _too_long(len(text))
-        return text
+    chunks = template.root_render_func(_new_context(template, ctx))
+    return _join_bounded(chunks) if can_run_long else _join_capped(chunks)
+
+
+def _join_capped(chunks: Iterator[str]) -> str:
+    """The output of a template whose every operation is capped already: one join, then the total."""
+    text = "".join(chunks)
+    if len(text) > MAX_RENDER_CHARS:
+        raise _too_long(len(text))
+    return text
+
+
+def _join_bounded(chunks: Iterator[str]) -> str:
+    """The output of a template that may loop or call: the cap is checked as the chunks come, and
+    the time limit (in loops and calls) from now."""
     _render_state.deadline = time.monotonic() + RENDER_TIME_LIMIT_S
     try:
-        chunks: list[str] = []
-        append = chunks.append
+        parts: list[str] = []
+        append = parts.append
         size = 0
-        for chunk in template.root_render_func(_new_context(template, ctx)):
+        for chunk in chunks:
             size += len(chunk)
             if size > MAX_RENDER_CHARS:
                 raise _too_long(size)
             append(chunk)
-        return "".join(chunks)
+        return "".join(parts)
     finally:
         _render_state.deadline = None
 
@@ -332,7 +349,8 @@ def _render_error(
 
 
 class _Expression:
-    """A compiled spec expression (options / answer / references) with a fast path for names."""
+    """A compiled spec expression (options / answer / references) with fast paths for a name and
+    a list of names."""
 
     def __init__(self, env: SandboxedEnvironment, source: str) -> None:
         self.source = source.strip()
@@ -345,6 +363,17 @@ class _Expression:
             name = self.source
             self._call: Callable[[Mapping[str, Any]], Any] = lambda ctx: ctx[name]
             self._name: str | None = name
+        elif (names := _name_list(env, self.source)) is not None:
+            # '[sol1, sol2]': what Jinja gives, except that a missing name fails here rather than
+            # where the list's item is turned into text (every caller does that, with this message)
+            def pick(ctx: Mapping[str, Any]) -> list[Any]:
+                try:
+                    return [ctx[name] for name in names]
+                except KeyError as exc:
+                    raise jinja2.UndefinedError(f"{exc.args[0]!r} is undefined") from None
+
+            self._call = pick
+            self._name = None
         else:
             env.compile_expression(self.source)  # validates: one expression, nothing after it
             # Evaluated like compile_expression does, but on the shared context (no copy).
@@ -373,6 +402,20 @@ class _Expression:
                                       "spec or fix the row")
             value._fail_with_undefined_error()
         return value
+
+
+def _name_list(env: SandboxedEnvironment, source: str) -> list[str] | None:
+    """The names of an expression that is a list of bare names (``[answer]``), else None."""
+    try:
+        parser = Parser(env, source, state="variable")
+        node = parser.parse_expression()
+        if not parser.stream.eos:
+            return None
+    except jinja2.TemplateSyntaxError:
+        return None
+    if isinstance(node, nodes.List) and all(isinstance(item, nodes.Name) for item in node.items):
+        return [item.name for item in node.items]
+    return None
 
 
 class MissingKeyError(jinja2.UndefinedError):
@@ -420,6 +463,7 @@ class _CompiledTemplate:
         )
         self._env = env
         self._can_run_long = can_run_long(env, template.input + _JOINT + target)
+        self._join = _join_bounded if self._can_run_long else _join_capped
         self.id = template.id
         self.inverted = template.inverted
         # the template overrides the task's options, answer or references: a context of its own
@@ -432,7 +476,9 @@ class _CompiledTemplate:
         ``Template.render`` copies the context and merges the globals on every call, which
         costs more than rendering these short templates does.
         """
-        parts = render_bounded(self.joint, ctx, self._can_run_long).split(_JOINT)
+        joint = self.joint
+        parts = self._join(joint.root_render_func(Context(self._env, ctx, joint.name, joint.blocks))
+                           ).split(_JOINT)
         if len(parts) != 2:  # the row's own text holds the joint marker: render separately
             return (render_bounded(self._env.from_string(self.spec.input), ctx),
                     render_bounded(self._env.from_string(self._target_source), ctx))
@@ -547,72 +593,35 @@ class TaskRenderer:
     ) -> list[RenderedExample]:
         """Render ``rows[k]`` with each template in ``templates[k]``, row by row: the batch API.
 
-        A row's context is built once for all of its templates that share it. Every per-example
-        method (``render``, ``render_all``) comes through here, so they all give the same output.
-        ``row_indices`` name the rows in error messages (default: their place in ``rows``).
+        A row's context is built once for all of its templates that share it. ``row_indices`` name
+        the rows in error messages (default: their place in ``rows``).
         """
         compiled_templates = self.templates
-        with_options = self.with_options
-        separator = self.separator
-        options_task = self._has_options
+        render_on = self._render_on
         examples: list[RenderedExample] = []
         append = examples.append
         for k, (row, chosen) in enumerate(zip(rows, templates, strict=True)):
+            row_index = row_indices[k] if row_indices is not None else k
             shared: dict[str, Any] | None = None
             for template_index in chosen:
                 compiled = compiled_templates[template_index]
-                try:
-                    if compiled.needs_own_context:
-                        ctx = self._context(row, compiled)
-                    else:
-                        if shared is None:
-                            shared = self._context(row, None)
-                        ctx = shared
-                except _RowProblem as exc:
-                    raise TemplateRenderError(f"{self._where(compiled, split, row_indices, k)}: "
-                                              f"{exc}") from None
-                except (jinja2.TemplateError, *_TEMPLATE_FAULTS) as exc:
-                    raise _render_error(exc, self._where(compiled, split, row_indices, k), row,
-                                        f"the spec in {self.spec.path}") from None
-                try:
-                    text, target = compiled.render_pair(ctx)
-                    text, target = text.strip(), target.strip()
-                    if compiled.inverted:
-                        options, answer_index, references = [], -1, [target]
-                    elif options_task:
-                        options = ctx["answer_choices"]
-                        answer_index = ctx["correct_index"]
-                        references = self._references(ctx, compiled)
-                    else:
-                        options, answer_index, references = [], -1, ctx["references"]
-                except _RowProblem as exc:
-                    raise TemplateRenderError(f"{self._where(compiled, split, row_indices, k)}: "
-                                              f"{exc}") from None
-                except (jinja2.TemplateError, *_TEMPLATE_FAULTS) as exc:
-                    raise _render_error(exc, self._where(compiled, split, row_indices, k), row,
-                                        f"the template in {self.spec.path}") from None
-                if not text:
-                    raise TemplateRenderError(f"{self._where(compiled, split, row_indices, k)}: "
-                                              "the rendered input is empty")
-                if not target:
-                    raise TemplateRenderError(f"{self._where(compiled, split, row_indices, k)}: "
-                                              "the rendered target is empty")
-                append(_example(
-                    compiled.id, compiled.inverted, text,
-                    text + options_suffix(options) if (options and with_options) else text,
-                    target, separator + target, options, answer_index, references))
+                if compiled.needs_own_context:
+                    ctx = self._row_context(row, compiled, compiled, split, row_index)
+                else:
+                    if shared is None:
+                        shared = self._row_context(row, None, compiled, split, row_index)
+                    ctx = shared
+                append(render_on(row, compiled, ctx, split, row_index))
         return examples
-
-    def _where(self, compiled: _CompiledTemplate, split: str, row_indices: Sequence[int] | None,
-               k: int) -> str:
-        row_index = row_indices[k] if row_indices is not None else k
-        return f"task {self.spec.name}, template {compiled.id}, {split} row {row_index}"
 
     def render(
         self, row: Mapping[str, Any], template_index: int, *, split: str = "?", row_index: int = -1,
     ) -> RenderedExample:
         """Render ``row`` with one template."""
-        return self.render_rows((row,), ((template_index,),), split=split, row_indices=(row_index,))[0]
+        compiled = self.templates[template_index]
+        ctx = self._row_context(row, compiled if compiled.needs_own_context else None, compiled, split,
+                                row_index)
+        return self._render_on(row, compiled, ctx, split, row_index)
 
     def render_all(
         self, row: Mapping[str, Any], template_indices: list[int], *, split: str = "?",
@@ -620,3 +629,46 @@ class TaskRenderer:
     ) -> list[RenderedExample]:
         """Render one row with several templates, building the shared context once."""
         return self.render_rows((row,), (template_indices,), split=split, row_indices=(row_index,))
+
+    def _where(self, compiled: _CompiledTemplate, split: str, row_index: int) -> str:
+        return f"task {self.spec.name}, template {compiled.id}, {split} row {row_index}"
+
+    def _row_context(self, row: Mapping[str, Any], own: _CompiledTemplate | None,
+                     compiled: _CompiledTemplate, split: str, row_index: int) -> dict[str, Any]:
+        """``_context(row, own)``; a failure names ``compiled``, the template being rendered."""
+        try:
+            return self._context(row, own)
+        except _RowProblem as exc:
+            raise TemplateRenderError(f"{self._where(compiled, split, row_index)}: {exc}") from None
+        except (jinja2.TemplateError, *_TEMPLATE_FAULTS) as exc:
+            raise _render_error(exc, self._where(compiled, split, row_index), row,
+                                f"the spec in {self.spec.path}") from None
+
+    def _render_on(self, row: Mapping[str, Any], compiled: _CompiledTemplate, ctx: dict[str, Any],
+                   split: str, row_index: int) -> RenderedExample:
+        """One example: the template rendered on the row's context, with its options and answers."""
+        try:
+            text, target = compiled.render_pair(ctx)
+            text, target = text.strip(), target.strip()
+            if compiled.inverted:
+                options, answer_index, references = [], -1, [target]
+            elif self._has_options:
+                options = ctx["answer_choices"]
+                answer_index = ctx["correct_index"]
+                references = self._references(ctx, compiled)
+            else:
+                options, answer_index, references = [], -1, ctx["references"]
+        except _RowProblem as exc:
+            raise TemplateRenderError(f"{self._where(compiled, split, row_index)}: {exc}") from None
+        except (jinja2.TemplateError, *_TEMPLATE_FAULTS) as exc:
+            raise _render_error(exc, self._where(compiled, split, row_index), row,
+                                f"the template in {self.spec.path}") from None
+        if not text:
+            raise TemplateRenderError(f"{self._where(compiled, split, row_index)}: the rendered input "
+                                      "is empty")
+        if not target:
+            raise TemplateRenderError(f"{self._where(compiled, split, row_index)}: the rendered target "
+                                      "is empty")
+        prompt = text + options_suffix(options) if (options and self.with_options) else text
+        return _example(compiled.id, compiled.inverted, text, prompt, target, self.separator + target,
+                        options, answer_index, references)

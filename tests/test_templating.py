@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from jinja2 import StrictUndefined
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from flan_builder.errors import FlanError
-from flan_builder.specs import load_spec
+from flan_builder.sources import load_split
+from flan_builder.specs import load_registry, load_spec
 from flan_builder.templating import TaskRenderer, options_suffix
-from tests.helpers import FIXTURE_TEMPLATES, write_spec
+from tests.helpers import FIXTURE_TEMPLATES, SHARED_DATA, requires_shared_data, write_spec
 
 ROW = {"premise": "The cat sat on the mat.", "hypothesis": "A cat is sitting.", "label": 0}
 
@@ -134,3 +137,80 @@ templates:
 """)
     with pytest.raises(FlanError, match="template t1.*syntax error in its options/answer/references"):
         TaskRenderer(load_spec(path))
+
+
+def list_options_spec(tmp_path):
+    return load_spec(write_spec(tmp_path, "qa", "pairs", """
+task: pairs
+cluster: qa
+type: multiple_choice
+source: {hub_id: x/y, mirror: pairs, splits: {train: train}}
+fields: [goal, sol1, sol2, label, facts]
+options: "[sol1, sol2]"
+answer: label
+templates:
+  - id: plain
+    input: "{{ goal }}"
+  - id: loop
+    input: >-
+      {{ goal }}: {% for f in facts %}{{ f.name }}={{ f.value }}{{ ', ' if not loop.last else '.' }}
+      {%- endfor %}
+  - id: own
+    input: "{{ goal }} ({{ answer_choices | length }})"
+    options: "[sol2, sol1, goal]"
+"""))
+
+
+PAIR_ROW = {"goal": "Open a jar", "sol1": " twist the lid ", "sol2": "hit it", "label": 0,
+            "facts": [{"name": "lid", "value": "tight"}, {"name": "jar", "value": "glass"}]}
+
+
+def test_render_rows_is_render_per_row(tmp_path):
+    renderer = TaskRenderer(list_options_spec(tmp_path))
+    rows = [PAIR_ROW, {**PAIR_ROW, "label": 1, "goal": "Cut bread"}]
+    batch = renderer.render_rows(rows, [[0, 1, 2], [1]], split="train", row_indices=[4, 9])
+    one_by_one = [renderer.render(rows[0], t) for t in (0, 1, 2)] + [renderer.render(rows[1], 1)]
+    assert batch == one_by_one
+    assert batch[0].options == ["twist the lid", "hit it"] and batch[0].target == "twist the lid"
+    assert batch[1].input == "Open a jar: lid=tight, jar=glass."
+    assert batch[2].options == ["hit it", "twist the lid", "Open a jar"]
+    assert batch[2].input == "Open a jar (3)"
+    assert batch[3].target == "hit it"
+
+
+def test_list_expression_with_a_missing_field_names_it(tmp_path):
+    renderer = TaskRenderer(list_options_spec(tmp_path))
+    row = {k: v for k, v in PAIR_ROW.items() if k != "sol2"}
+    with pytest.raises(FlanError) as info:
+        renderer.render_rows([PAIR_ROW, row], [[0], [0]], split="train", row_indices=[4, 9])
+    message = str(info.value)
+    for part in ("task pairs", "template plain", "train row 9", "missing field 'sol2'"):
+        assert part in message, message
+
+
+def test_a_row_dict_missing_a_key_is_a_missing_field(tmp_path):
+    renderer = TaskRenderer(list_options_spec(tmp_path))
+    row = {**PAIR_ROW, "facts": [{"name": "lid"}]}
+    with pytest.raises(FlanError, match=r"template loop, \? row -1: missing field 'value'"):
+        renderer.render(row, 1)
+
+
+@requires_shared_data
+@pytest.mark.parametrize("task", ["digits", "piqa", "gsm8k", "dart", "super_glue_rte", "social_i_qa"])
+def test_inputs_equal_jinja_sandbox_on_real_rows(task):
+    """The renderer's shortcuts (dict attributes, remembered attribute checks, lighter contexts, list
+    expressions) print what Jinja's own immutable sandbox prints from the same context."""
+    spec = load_registry().tasks[task]
+    rows = load_split(spec, "train" if "train" in spec.source.splits else "eval", SHARED_DATA).take(range(30))
+    renderer = TaskRenderer(spec)
+    reference = ImmutableSandboxedEnvironment(undefined=StrictUndefined)
+    n = len(spec.templates)
+    examples = renderer.render_rows(rows, [[i % n, (i + 1) % n] for i in range(len(rows))], split="train")
+    for i, row in enumerate(rows):
+        for example, t in zip(examples[2 * i: 2 * i + 2], (i % n, (i + 1) % n), strict=True):
+            template = spec.templates[t]
+            ctx = renderer.context(row, renderer.templates[t])
+            assert example.input == reference.from_string(template.input).render(ctx).strip(), (task, t, i)
+            if spec.has_options and not template.inverted:
+                assert example.options == ctx["answer_choices"]
+                assert example.target == ctx["correct_choice"]
