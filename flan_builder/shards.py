@@ -189,19 +189,15 @@ def render_shard(shard: Shard, renderer: TaskRenderer | None = None) -> list[dic
     indices = shard.indices.tolist()
     distinct = sorted(set(indices))
     rows = dict(zip(distinct, shard.source.take(distinct), strict=True))
-    hashes: dict[int, str] = {}
-    records = []
-    for index, template_indices in zip(indices, shard.row_template_lists(), strict=True):
-        row = rows[index]
-        if index not in hashes:
-            hashes[index] = row_hash({k: row[k] for k in spec.fields})
-        if len(template_indices) == 1:
-            examples = [renderer.render(row, template_indices[0], split=shard.split, row_index=index)]
-        else:
-            examples = renderer.render_all(row, template_indices, split=shard.split, row_index=index)
-        for example, template_index in zip(examples, template_indices, strict=True):
-            records.append(record(spec, example, shard.split, index, hashes[index], shard.style,
-                                  template_index, fmt))
+    hashes = {index: row_hash({k: row[k] for k in spec.fields}) for index, row in rows.items()}
+    template_lists = list(shard.row_template_lists())
+    # one batch call for the shard: a row's templates share its context
+    examples = iter(renderer.render_rows([rows[index] for index in indices], template_lists,
+                                         split=shard.split, row_indices=indices))
+    records = [record(spec, next(examples), shard.split, index, hashes[index], shard.style,
+                      template_index, fmt)
+               for index, template_indices in zip(indices, template_lists, strict=True)
+               for template_index in template_indices]
     if shard.fewshot is not None:
         records = shape_records(records, shard.fewshot, renderer, spec, shard.separator, shard.style)
     positions = shard.positions.tolist() if shard.positions is not None else [None] * len(records)
