@@ -183,10 +183,18 @@ class ScoredLogits:
     tokenizer line up position by position (proxy-tuning combines them there).
     """
 
-    logits: torch.Tensor  # [positions, vocabulary], float32
+    distinct: torch.Tensor  # [distinct predicting positions, vocabulary], float32
     targets: torch.Tensor  # [positions]
     option: torch.Tensor  # [positions]: which option each position belongs to
     n_options: int
+    # which row of ``distinct`` each position reads (a trie's context end predicts every option's
+    # first token); None: one row per position
+    rows: torch.Tensor | None = None
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """[positions, vocabulary]: one row per scored position (a copy where positions share a row)."""
+        return self.distinct if self.rows is None else self.distinct[self.rows]
 
 
 def _layout(rows: list[Encoded]) -> tuple[list[int], list[list[int]], torch.Tensor]:
@@ -312,10 +320,10 @@ def logits_tree(model: Any, rows: list[Encoded], pad_id: int) -> ScoredLogits:
     # a node that predicts several scored tokens (a shared context's last token) goes through the head once
     where = torch.cat([torch.tensor(t.predictors, dtype=torch.long) + i * width for i, t in enumerate(trees)])
     unique, inverse = torch.unique(where, return_inverse=True)
-    logits = head(hidden.reshape(-1, hidden.shape[-1])[unique.to(device)]).float()[inverse.to(device)]
+    logits = head(hidden.reshape(-1, hidden.shape[-1])[unique.to(device)]).float()
     owner, options, offsets = _layout(rows)
     targets, option = _targets(options, offsets)
-    return ScoredLogits(logits, targets.to(device), option.to(device), len(options))
+    return ScoredLogits(logits, targets.to(device), option.to(device), len(options), inverse.to(device))
 
 
 @torch.no_grad()
@@ -357,9 +365,15 @@ def row_length(model: Any, row: Encoded) -> int:
     return len(row.prompt)
 
 
-def option_sums(logits: torch.Tensor, scored: ScoredLogits) -> list[float]:
-    """Summed log-probability of each option's tokens under ``logits`` (one row per position)."""
-    logprobs = logits.log_softmax(-1).gather(-1, scored.targets.unsqueeze(-1)).squeeze(-1)
+def option_sums(logits: torch.Tensor, scored: ScoredLogits, rows: torch.Tensor | None = None) -> list[float]:
+    """Summed log-probability of each option's tokens under ``logits`` (one row per position, or the
+    rows ``rows`` points each position at)."""
+    # log p(target) = logit(target) - logsumexp(logits): no [positions, vocabulary] log_softmax written
+    normaliser = logits.logsumexp(-1)
+    if rows is None:
+        logprobs = logits.gather(-1, scored.targets.unsqueeze(-1)).squeeze(-1) - normaliser
+    else:
+        logprobs = logits[rows, scored.targets] - normaliser[rows]
     sums = torch.zeros(scored.n_options, dtype=logprobs.dtype, device=logprobs.device)
     sums.index_add_(0, scored.option, logprobs)
     return sums.tolist()
@@ -375,7 +389,7 @@ def per_row(rows: list[Encoded], flat: list[float]) -> list[list[float]]:
 
 
 def _summed(rows: list[Encoded], scored: ScoredLogits) -> list[list[float]]:
-    return per_row(rows, option_sums(scored.logits, scored))
+    return per_row(rows, option_sums(scored.distinct, scored, scored.rows))
 
 
 def score_shared_prefix(model: Any, rows: list[Encoded], pad_id: int) -> list[list[float]]:
