@@ -214,3 +214,12 @@ def test_inputs_equal_jinja_sandbox_on_real_rows(task):
             if spec.has_options and not template.inverted:
                 assert example.options == ctx["answer_choices"]
                 assert example.target == ctx["correct_choice"]
+
+
+def test_a_printed_null_is_an_error_and_an_unprinted_one_is_not(tmp_path):
+    renderer = TaskRenderer(list_options_spec(tmp_path))
+    assert renderer.render({**PAIR_ROW, "facts": None}, 0).input == "Open a jar"  # never printed
+    with pytest.raises(FlanError, match=r"template plain, \? row -1: field 'goal' is null"):
+        renderer.render({**PAIR_ROW, "goal": None}, 0)
+    with pytest.raises(FlanError, match="template loop.*a value it prints is null"):
+        renderer.render({**PAIR_ROW, "facts": [{"name": "lid", "value": None}]}, 1)
