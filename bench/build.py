@@ -1,12 +1,16 @@
 """Builder benchmarks: rendering throughput and an end-to-end ``flan build``.
 
-Rendering is measured three ways on the same rows and templates, in this one process:
+Rendering is measured four ways on the same rows and templates, in this one process:
   * per-call compilation: what promptsource's ``Template.apply`` does on every example
     (compile the answer-choices template and the ``input ||| target`` template, render);
   * bare precompiled jinja2: ``Template.render`` of precompiled input and target
     templates on a context prepared beforehand (no options, answer or suffix work);
-  * flan-builder: ``TaskRenderer.render`` doing all of its work per example.
-Figures are printed as ratios against the baselines measured in the same run.
+  * flan-builder: ``TaskRenderer.render`` doing all of its work per example, one call each;
+  * flan-builder batched: ``TaskRenderer.render_rows``, one call for a task's rows (what
+    ``render_shard`` does in a build), the same work per example.
+The methods take turns task by task (``--render-rounds`` times over all tasks), so a change in
+the machine's load reaches all of them alike. Figures are printed as ratios against the
+baselines measured in the same run.
 
 The end-to-end build (all 32 datasets, ``--heldout nli``) runs in a child process per
 setting, which reports its own wall time and peak RSS.
@@ -67,7 +71,7 @@ def _choices_source(spec) -> str | None:
     return "{{ (" + spec.options + ") | join(' ||| ') }}"
 
 
-def render_benchmark(data_dir: Path) -> dict:
+def render_benchmark(data_dir: Path, rounds: int = 3) -> dict:
     registry = load_registry()
     env = jinja2.Environment()
     workloads = []
@@ -76,52 +80,58 @@ def render_benchmark(data_dir: Path) -> dict:
         split = load_split(spec, role, data_dir)
         rows = split.take(range(min(len(split), ROWS_PER_TASK)))
         renderer = TaskRenderer(spec)
-        workloads.append((spec, rows, renderer))
-
-    # flan-builder: everything per example
-    count, start = 0, time.perf_counter()
-    for _, rows, renderer in workloads:
-        n = len(renderer.templates)
-        for i, row in enumerate(rows):
-            renderer.render(row, i % n)
-            count += 1
-    ours = count / (time.perf_counter() - start)
-
-    # bare precompiled jinja2 on prepared contexts
-    prepared = []
-    for spec, rows, renderer in workloads:
-        pairs = []
+        n = len(spec.templates)
+        pairs, sources = [], []
         for t in spec.templates:
             target = t.target or ("{{ correct_choice }}" if spec.has_options else "{{ references[0] }}")
             pairs.append((env.from_string(t.input), env.from_string(target)))
+            sources.append(t.input + " ||| " + target)
         contexts = [renderer.context(row) for row in rows]
-        prepared.append((pairs, contexts))
-    count, start = 0, time.perf_counter()
-    for pairs, contexts in prepared:
+        workloads.append((spec, rows, renderer, [(i % n,) for i in range(len(rows))], pairs, sources,
+                          contexts))
+
+    def ours(rows, renderer, **_):  # flan-builder: everything per example, one call each
+        n = len(renderer.templates)
+        for i, row in enumerate(rows):
+            renderer.render(row, i % n)
+        return len(rows)
+
+    def batched(rows, renderer, chosen, **_):  # one call for the task's rows
+        return len(renderer.render_rows(rows, chosen))
+
+    def bare(pairs, contexts, **_):  # bare precompiled jinja2 on prepared contexts
         for i, ctx in enumerate(contexts):
             source, target = pairs[i % len(pairs)]
             source.render(ctx)
             target.render(ctx)
-            count += 1
-    bare = count / (time.perf_counter() - start)
+        return len(contexts)
 
-    # per-call compilation (promptsource), on the same prepared contexts as the bare baseline
-    count, start = 0, time.perf_counter()
-    for (spec, _, _), (_, contexts) in zip(workloads, prepared, strict=True):
+    def per_call(spec, sources, contexts, **_):  # promptsource, on the bare baseline's contexts
         choices_src = _choices_source(spec)
-        n = len(spec.templates)
         for i, ctx in enumerate(contexts[:PER_CALL_ROWS_PER_TASK]):
-            t = spec.templates[i % n]
-            target = t.target or ("{{ correct_choice }}" if spec.has_options else "{{ references[0] }}")
-            _promptsource_apply(env, choices_src, t.input + " ||| " + target, ctx)
-            count += 1
-    per_call = count / (time.perf_counter() - start)
+            _promptsource_apply(env, choices_src, sources[i % len(sources)], ctx)
+        return min(len(contexts), PER_CALL_ROWS_PER_TASK)
+
+    methods = {"flan_builder": ours, "flan_builder_batched": batched, "bare_jinja2": bare,
+               "per_call_compile": per_call}
+    counts = dict.fromkeys(methods, 0)
+    seconds = dict.fromkeys(methods, 0.0)
+    for _ in range(rounds):
+        for spec, rows, renderer, chosen, pairs, sources, contexts in workloads:
+            for name, method in methods.items():  # taking turns, task by task
+                start = time.perf_counter()
+                counts[name] += method(spec=spec, rows=rows, renderer=renderer, chosen=chosen,
+                                       pairs=pairs, sources=sources, contexts=contexts)
+                seconds[name] += time.perf_counter() - start
+    rate = {name: counts[name] / seconds[name] for name in methods}
     return {
         "tasks": len(workloads),
-        "examples_per_s": {"flan_builder": round(ours), "bare_jinja2": round(bare),
-                           "per_call_compile": round(per_call)},
-        "speedup_vs_per_call_compile": round(ours / per_call, 1),
-        "bare_over_ours": round(bare / ours, 2),
+        "rounds": rounds,
+        "examples_per_s": {name: round(value) for name, value in rate.items()},
+        "speedup_vs_per_call_compile": round(rate["flan_builder"] / rate["per_call_compile"], 1),
+        "batched_speedup_vs_per_call_compile":
+            round(rate["flan_builder_batched"] / rate["per_call_compile"], 1),
+        "bare_over_ours": round(rate["bare_jinja2"] / rate["flan_builder"], 2),
     }
 
 
@@ -269,6 +279,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
     parser.add_argument("--num-proc", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--render-rounds", type=int, default=3, help="passes over all tasks, "
+                        "the rendering methods taking turns task by task")
     parser.add_argument("--large", action="store_true", help="the million-row builds instead")
     parser.add_argument("--baseline", type=Path, help="--large: a checkout whose build to compare")
     parser.add_argument("--templates-dir", type=Path, help="--large: only these task specs")
@@ -282,11 +294,12 @@ def main() -> None:
         print_large(results)
         print(json.dumps(results))
         return
-    render = render_benchmark(args.data_dir)
-    print("rendering (all 32 tasks, one template per example, cycling through templates):")
+    render = render_benchmark(args.data_dir, args.render_rounds)
+    print(f"rendering (all {render['tasks']} tasks, one template per example, cycling through templates):")
     for name, value in render["examples_per_s"].items():
-        print(f"  {name:18s} {value:>9,} examples/s")
-    print(f"  flan-builder vs per-call compilation: {render['speedup_vs_per_call_compile']}x faster")
+        print(f"  {name:21s} {value:>9,} examples/s")
+    print(f"  flan-builder vs per-call compilation: {render['speedup_vs_per_call_compile']}x faster "
+          f"(batched: {render['batched_speedup_vs_per_call_compile']}x)")
     print(f"  bare jinja2 / flan-builder:           {render['bare_over_ours']}x")
     print("end-to-end `flan build --heldout nli` (all 32 datasets):")
     builds = build_benchmark(args.data_dir, args.num_proc)
