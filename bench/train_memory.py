@@ -40,6 +40,8 @@ CONFIGS: dict[str, list[str]] = {
     "micro2x4": ["sft.per_device_train_batch_size=2", "sft.gradient_accumulation_steps=4"],
     "dropout0+micro4x2": ["peft.dropout=0.0", "sft.per_device_train_batch_size=4",
                           "sft.gradient_accumulation_steps=2"],
+    "dropout0+micro2x4": ["peft.dropout=0.0", "sft.per_device_train_batch_size=2",
+                          "sft.gradient_accumulation_steps=4"],
 }
 
 
@@ -128,6 +130,8 @@ def main() -> None:
     parser.add_argument("--recipe", default="heldout-nli")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--only", help="comma-separated configuration names to run")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run the configurations this many times, interleaved (for tokens/s)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -135,8 +139,8 @@ def main() -> None:
         print("RESULT " + json.dumps(result))
         return
     names = args.only.split(",") if args.only else list(CONFIGS)
-    results = {}
-    for name in names:
+    results: dict[str, list[dict]] = {}
+    for name in names * args.repeats:  # interleaved: a change in load hits every configuration
         out = subprocess.run([sys.executable, __file__, "--child", name, "--dataset", args.dataset,
                               "--recipe", args.recipe, "--steps", str(args.steps)],
                              capture_output=True, text=True)
@@ -144,10 +148,16 @@ def main() -> None:
         if not line:
             print(f"{name}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
             continue
-        results[name] = json.loads(line[0][7:])
-        r = results[name]
+        r = json.loads(line[0][7:])
+        results.setdefault(name, []).append(r)
         print(f"{name}: peak {r['peak_mib']:.0f} MiB, {r['tokens_per_s']} tokens/s, phases {r['peaks_mib']}",
               flush=True)
+    if len(names) > 1 and names[0] in results:  # throughput against the first configuration
+        first = sum(r["tokens_per_s"] for r in results[names[0]]) / len(results[names[0]])
+        for name, runs in results.items():
+            mean = sum(r["tokens_per_s"] for r in runs) / len(runs)
+            print(f"{name}: {mean:.1f} tokens/s mean of {len(runs)} ({mean / first:.2f}x {names[0]}), "
+                  f"peak {max(r['peak_mib'] for r in runs):.0f} MiB")
     print(json.dumps(results, indent=1))
 
 

@@ -440,8 +440,9 @@ def test_a_training_split_with_held_out_rows_is_refused(toy_build):
 
 @pytest.mark.parametrize(("overrides", "mean_tokens", "style", "expected"), [
     ([], 60.0, "prompt_completion", True),  # nli-like rows: 8 x 60 tokens in one flat sequence
-    ([], 370.0, "prompt_completion", False),  # breast_cancer rows: a 2,960-token block mask
-    (["sft.per_device_train_batch_size=2"], 370.0, "prompt_completion", True),
+    (["sft.per_device_train_batch_size=8"], 370.0, "prompt_completion", False),  # breast_cancer
+    # rows, 8 a micro-batch: a 2,960-token block mask
+    ([], 370.0, "prompt_completion", True),  # the recipe's micro-batch of 2: 740 tokens
     (["train.padding_free=true"], 370.0, "prompt_completion", True),  # asked for: kept
     (["train.padding_free=false"], 60.0, "prompt_completion", False),
     (["peft.method=prompt_tuning"], 60.0, "prompt_completion", False),  # virtual tokens
