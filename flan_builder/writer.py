@@ -371,6 +371,9 @@ def save(out: Path, splits: dict[str, WrittenSplit], style: str) -> None:
             parts[name] = pieces[0] if len(pieces) == 1 else concatenate_datasets(pieces)
             # Named by content, as the in-memory dataset was: datasets would hash the work files' paths.
             parts[name]._fingerprint = split.content_hash[:16]
+            # save_to_disk sizes its shards from Table.nbytes, which on memory-mapped files faults in
+            # about half the pages (1.1 GB of RSS for a 2.4 GB split, measured); the size is known.
+            parts[name]._estimate_nbytes = lambda nbytes=split.nbytes: nbytes
         else:
             # datasets.load_from_disk fails on a split saved with no shard (IndexError)
             parts[name] = Dataset(InMemoryTable(pa.Table.from_pylist([], schema=schema.arrow_schema)),
