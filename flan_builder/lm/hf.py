@@ -24,10 +24,11 @@ from flan_builder.models import ModelSource, load_model, load_tokenizer, materia
 
 TOKEN_BUDGET = 8192  # tokens per batch (rows x longest row) for batch_size 'auto'
 MAX_AUTO_ROWS = 256  # rows per batch for 'auto' (bounds the batching search, not the memory)
-# What one more scoring forward pass costs, in padded positions: on a CPU a few milliseconds of
-# dispatch and smaller matrix products (measured: bench/eval_throughput.py); a GPU pays far more per
-# call than per position (a guess, not measured here: no GPU).
-BATCH_COST = {"cpu": 64, "cuda": 2048}
+# What one more scoring forward pass costs, in padded positions. On a CPU each pass reads all the
+# weights again: smollm2-135m took 83 ms for 8 tokens and 138 ms for 32 on one core, about 25
+# positions' worth of time. A GPU pays far more per call than per position (a guess, not measured
+# here: no GPU).
+BATCH_COST = {"cpu": 32, "cuda": 2048}
 
 
 def base_of_run(folder: Path) -> ModelSource | None:

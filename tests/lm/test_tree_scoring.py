@@ -166,7 +166,7 @@ def test_scored_logits_takes_the_trie_where_the_attention_takes_a_mask(tokenizer
 
 def test_batches_cut_where_padding_plus_calls_cost_least():
     """The scorer's batches: longest first, at most `size` rows, and of all cuts of the sorted rows the
-    one with the fewest padded positions plus BATCH_COST per batch (checked against every cut)."""
+    one with the fewest padded positions plus a cost per batch (checked against every cut)."""
     import itertools
     import random
 
