@@ -12,20 +12,46 @@ what makes rendering fast (promptsource compiles on every ``apply``).
 from __future__ import annotations
 
 import functools
+import inspect
+import json
+import pprint
 import re
 import threading
 import time
+import types
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 import jinja2
 from jinja2 import StrictUndefined, nodes
 from jinja2.compiler import CodeGenerator, Frame, optimizeconst
+from jinja2.constants import LOREM_IPSUM_WORDS
 from jinja2.exceptions import SecurityError
+from jinja2.filters import (
+    do_format,
+    do_indent,
+    do_pprint,
+    do_replace,
+    do_tojson,
+    do_urlize,
+    do_wordwrap,
+    make_attrgetter,
+    sync_do_join,
+    sync_do_sum,
+)
 from jinja2.parser import Parser
 from jinja2.runtime import Context, LoopContext
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEnvironment
+from jinja2.sandbox import (
+    ImmutableSandboxedEnvironment,
+    SandboxedEnvironment,
+    SandboxedEscapeFormatter,
+    SandboxedFormatter,
+)
+from jinja2.utils import Namespace, generate_lorem_ipsum
+from markupsafe import Markup
 
 from flan_builder.errors import FlanError
 from flan_builder.specs import TaskSpec, TemplateSpec
@@ -65,17 +91,19 @@ class TemplateBudgetError(SecurityError):
     """A template asked for more output, memory or time than a render may use."""
 
 
-def _too_long(size: int) -> TemplateBudgetError:
-    return TemplateBudgetError(f"the template would produce {size:,} characters or items, more "
-                               f"than the limit of {MAX_RENDER_CHARS:,}")
+def _too_long(size: int, what: str = "the template", at_least: bool = False) -> TemplateBudgetError:
+    return TemplateBudgetError(f"{what} would produce {'at least ' if at_least else ''}{size:,} "
+                               f"characters or items, more than the limit of {MAX_RENDER_CHARS:,}")
 
 
-def _check_size(size: int) -> None:
+def _check_size(size: int, what: str = "the template") -> None:
     if size > MAX_RENDER_CHARS:
-        raise _too_long(size)
+        raise _too_long(size, what)
 
 
 def _check_format(fmt: Any) -> None:
+    if isinstance(fmt, bytes):
+        fmt = fmt.decode("latin-1")
     if isinstance(fmt, str) and _HUGE_FORMAT.search(fmt):
         raise TemplateBudgetError(f"format string {fmt[:40]!r} asks for a huge or computed width")
 
@@ -86,6 +114,440 @@ def _check_int_args(args: Iterable[Any]) -> None:
         if isinstance(arg, int) and not isinstance(arg, bool) and abs(arg) > MAX_RENDER_CHARS:
             raise TemplateBudgetError(f"argument {arg:,} is larger than the limit of "
                                       f"{MAX_RENDER_CHARS:,}")
+
+
+# -- what one operation would build, worked out from its arguments before it runs ------------------
+# Checking a result's length comes too late for operations that can build far more than their
+# arguments hold: a list holding one string 10**5 times prints as 10**5 copies of it, a replace of
+# 'x' inserts its replacement once per 'x', a join repeats its separator. Each of those is sized
+# from its arguments first (only operator, method and filter calls pay for this, never a plain
+# {{ field }} that holds text).
+
+_CONTAINERS = (list, tuple, dict, set, frozenset, type({}.keys()), type({}.values()),
+               type({}.items()), Namespace)
+_STR_ONLY = frozenset({str})
+# A printed conversion, width or precision with this many digits asks for a huge field.
+_LARGE_NUMBER = re.compile(r"\d{6,}")
+
+
+def _text_size(value: Any, budget: int = MAX_RENDER_CHARS, as_repr: bool = False,
+               active: set[int] | None = None) -> int:
+    """An upper bound on ``len(str(value))`` (``len(repr(value))`` with ``as_repr``), worked out
+    without building the text; once past ``budget`` it stops and returns what it has counted."""
+    if isinstance(value, str):
+        if not as_repr:
+            return len(value)
+        return len(repr(value)) if len(value) <= budget else len(value) + 2
+    kind = type(value)
+    if kind is int:
+        return value.bit_length() * 31 // 100 + 2  # decimal digits and a sign
+    if kind is float or kind is bool or value is None:
+        return 25
+    if isinstance(value, bytes):
+        return len(repr(value)) if len(value) <= budget else len(value) + 3
+    if isinstance(value, jinja2.Undefined):
+        return 0  # the operation fails on it (or prints nothing), as it always did
+    if not isinstance(value, _CONTAINERS):
+        return len(repr(value) if as_repr else str(value))  # a function, range, loop: a short text
+    key = id(value)
+    active = set() if active is None else active
+    if key in active:
+        return 5  # a namespace that holds itself: repr writes '{...}'
+    active.add(key)
+    try:
+        if isinstance(value, Namespace):
+            size, value = 13, object.__getattribute__(value, "_Namespace__attrs")
+        else:
+            size = 2 if kind in (list, tuple, dict) else 24  # 'dict_items([...])', 'frozenset({...})'
+        if isinstance(value, dict):
+            for name, item in value.items():
+                size += 4 + _text_size(name, budget - size, True, active)
+                size += _text_size(item, budget - size, True, active)
+                if size > budget:
+                    break
+        else:
+            for item in value:
+                size += 2 + _text_size(item, budget - size, True, active)
+                if size > budget:
+                    break
+        return size
+    finally:
+        active.discard(key)
+
+
+def _check_text(value: Any, what: str, as_repr: bool = False) -> None:
+    """Refuse to turn ``value`` into text when that text would pass the cap."""
+    if type(value) is not str:
+        size = _text_size(value, as_repr=as_repr)
+        if size > MAX_RENDER_CHARS:
+            raise _too_long(size, what, at_least=True)
+
+
+def _bounded_str(value: Any, what: str) -> str:
+    """``str(value)``, refused before it is built when it would pass the cap."""
+    if type(value) is str:
+        return value
+    _check_text(value, what)
+    return str(value)
+
+
+def _items(values: Any, what: str) -> list[Any] | tuple[Any, ...]:
+    """The items an operation is about to go through, at most the cap of them (a generator is
+    read here, once, and the list handed on to the operation)."""
+    items = values if type(values) in (list, tuple) else list(islice(iter(values), MAX_RENDER_CHARS + 1))
+    if len(items) > MAX_RENDER_CHARS:
+        raise _too_long(len(items), what, at_least=True)
+    return items
+
+
+def _joined_size(items: Sequence[Any], separator_size: int) -> int:
+    """An upper bound on the length of ``separator.join(str(item) for item in items)``."""
+    size = separator_size * max(len(items) - 1, 0)
+    if size > MAX_RENDER_CHARS:
+        return size
+    if set(map(type, items)) <= _STR_ONLY:
+        return size + sum(map(len, items))
+    for item in items:
+        size += _text_size(item, MAX_RENDER_CHARS - size)
+        if size > MAX_RENDER_CHARS:
+            break
+    return size
+
+
+def _check_replace(text: Any, old: Any, new: Any, count: Any, what: str) -> None:
+    """Refuse a replace whose result, ``len(text) + text.count(old) * (len(new) - len(old))``,
+    would pass the cap (a replace of '' inserts ``new`` between every two characters)."""
+    try:
+        growth = len(new) - len(old)
+        times = text.count(old) if growth > 0 else 0
+    except TypeError:
+        return  # the replace itself fails, with its own message
+    if isinstance(count, int) and count >= 0:
+        times = min(times, count)
+    if times and len(text) + times * growth > MAX_RENDER_CHARS:
+        raise _too_long(len(text) + times * growth, what)
+
+
+def _number(digits: str) -> int:
+    if digits == "*" or len(digits) > 7:
+        return MAX_RENDER_CHARS + 1
+    return int(digits or 0)
+
+
+def _percent_specs(fmt: str) -> Iterator[tuple[str | None, str, str, str]]:
+    """The conversions of a printf-style format as Python reads them: (key, width, precision, type)."""
+    end = len(fmt)
+    start = fmt.find("%")
+    while 0 <= start < end - 1:
+        at, key = start + 1, None
+        if fmt[at] == "(":  # a key may hold parentheses of its own: '%(a(b))s' reads key 'a(b)'
+            depth, at = 1, at + 1
+            while at < end and depth:
+                depth += {"(": 1, ")": -1}.get(fmt[at], 0)
+                at += 1
+            key = fmt[start + 2:at - 1]
+        while at < end and fmt[at] in "-#0 +":
+            at += 1
+        fields = []
+        for leading in ("", "."):
+            if leading and not (at < end and fmt[at] == "."):
+                fields.append("")
+                continue
+            at += len(leading)
+            field_start = at
+            while at < end and fmt[at] in "0123456789*":
+                at += 1
+            fields.append(fmt[field_start:at])
+        if at < end and fmt[at] in "hlL":
+            at += 1
+        yield key, fields[0], fields[1], fmt[at] if at < end else ""
+        start = fmt.find("%", at + 1)
+
+
+def _percent_size(fmt: Any, values: Any) -> int:
+    """An upper bound on the length of ``fmt % values``: each conversion prints its argument's text
+    (a mapping's value may be printed by many conversions), padded to its width."""
+    if isinstance(fmt, bytes):
+        fmt = fmt.decode("latin-1")
+    if not isinstance(fmt, str):
+        return 0
+    positional = values if isinstance(values, tuple) else (values,)
+    size, index = len(fmt), 0
+    for key, width, precision, kind in _percent_specs(fmt):
+        if kind == "%":
+            continue
+        if key is not None:
+            try:
+                value = values[key]
+            except (LookupError, TypeError, jinja2.UndefinedError):
+                return size  # the formatting itself fails, with its own message
+        elif index < len(positional):
+            value, index = positional[index], index + 1
+        else:
+            return size
+        size += _number(width) + _number(precision)
+        if kind in "sbr":
+            size += _text_size(value, MAX_RENDER_CHARS - size, as_repr=kind == "r")
+        elif kind == "a":  # ascii() writes a character as up to 10 ('\U0001f600')
+            size += 10 * _text_size(value, MAX_RENDER_CHARS - size, as_repr=True)
+        else:  # a number: a float's 309 digits, or an int in octal
+            size += 400 + (value.bit_length() // 3 if type(value) is int else 0)
+        if size > MAX_RENDER_CHARS:
+            return size
+    return size
+
+
+def _check_percent(fmt: Any, values: Any, what: str) -> None:
+    _check_format(fmt)
+    size = _percent_size(fmt, values)
+    if size > MAX_RENDER_CHARS:
+        raise _too_long(size, what, at_least=True)
+
+
+def _json_size(value: Any, step: int | None, depth: int, budget: int) -> int:
+    """An upper bound on the length of Jinja's ``tojson`` of ``value`` (HTML-safe JSON; ``step``
+    characters of indent a level, or None for one line)."""
+    if isinstance(value, str):
+        if len(value) > budget:
+            return len(value) + 2
+        return len(json.dumps(value)) + 5 * sum(map(value.count, "<>&'"))  # '<' -> '\u003c'
+    if value is None or isinstance(value, (bool, float)):
+        return 25
+    if isinstance(value, int):
+        return _text_size(value)
+    if not isinstance(value, (list, tuple, dict)):
+        return 25  # JSON cannot write it: tojson fails, as it always did
+    item_start = 2 if step is None else 2 + step * (depth + 1)  # ', ' or ',\n' and the indent
+    size = 2 if step is None else 3 + step * depth
+    for item in (value.items() if isinstance(value, dict) else value):
+        size += item_start
+        if isinstance(value, dict):
+            name, item = item
+            size += 4 + _json_size(name, None, 0, budget - size)  # a key is a string, then ': '
+        size += _json_size(item, step, depth + 1, budget - size)
+        if size > budget:
+            break
+    return size
+
+
+class _CountingStream:
+    """Where ``pprint`` writes when it is only measured: it counts, and refuses past the cap."""
+
+    def __init__(self, what: str) -> None:
+        self.size, self.what = 0, what
+
+    def write(self, text: str) -> None:
+        self.size += len(text)
+        if self.size > MAX_RENDER_CHARS:
+            raise _too_long(self.size, self.what, at_least=True)
+
+
+class _BoundedFieldsMixin:
+    """``str.format`` in the sandbox: a field's text is sized before it is built, and the fields
+    printed so far are counted (a format string may print one argument many times)."""
+
+    _printed = 0
+
+    def vformat(self, format_string: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
+        self._printed = 0
+        return super().vformat(format_string, args, kwargs)  # type: ignore[misc]
+
+    def convert_field(self, value: Any, conversion: str | None) -> Any:
+        if conversion in ("r", "a"):
+            _check_text(value, "'format'", as_repr=True)
+        return super().convert_field(value, conversion)  # type: ignore[misc]
+
+    def format_field(self, value: Any, format_spec: str) -> str:
+        _check_text(value, "'format'")
+        if _LARGE_NUMBER.search(format_spec):
+            raise TemplateBudgetError(f"format spec {format_spec[:40]!r} asks for a huge width "
+                                      "or precision")
+        text = super().format_field(value, format_spec)  # type: ignore[misc]
+        self._printed += len(text)
+        if self._printed > MAX_RENDER_CHARS:
+            raise _too_long(self._printed, "'format'", at_least=True)
+        return text
+
+
+class _BoundedFormatter(_BoundedFieldsMixin, SandboxedFormatter):
+    pass
+
+
+class _BoundedEscapeFormatter(_BoundedFieldsMixin, SandboxedEscapeFormatter):
+    pass
+
+
+# Methods of str and bytes that can build more than their arguments hold, checked before the call.
+def _check_join_call(owner: str | bytes, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    if not args:
+        return args
+    items = _items(args[0], "'join'")
+    _check_size(len(owner) * max(len(items) - 1, 0), "'join'")
+    _check_size(len(owner) * max(len(items) - 1, 0)
+                + sum(len(item) for item in items if isinstance(item, (str, bytes))), "'join'")
+    return (items, *args[1:])
+
+
+def _check_replace_call(owner: str | bytes, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    if len(args) >= 2:
+        count = args[2] if len(args) > 2 else kwargs.get("count", -1)
+        _check_replace(owner, args[0], args[1], count, "'replace'")
+    return args
+
+
+def _check_expandtabs_call(owner: str | bytes, args: tuple[Any, ...], kwargs: dict[str, Any]
+                           ) -> tuple[Any, ...]:
+    tabsize = args[0] if args else kwargs.get("tabsize", 8)
+    if isinstance(tabsize, int) and tabsize > 1:
+        tabs = owner.count("\t" if isinstance(owner, str) else b"\t")  # type: ignore[arg-type]
+        if tabs:
+            _check_size(len(owner) + tabs * (tabsize - 1), "'expandtabs'")
+    return args
+
+
+def _check_translate_call(owner: str | bytes, args: tuple[Any, ...], kwargs: dict[str, Any]
+                          ) -> tuple[Any, ...]:
+    if isinstance(owner, str) and args:  # str.translate may map a character to a whole string
+        table, size = args[0], 0
+        for char, times in Counter(owner).items():
+            try:
+                mapped = table[ord(char)]
+            except (LookupError, TypeError):
+                mapped = char
+            size += times * (len(mapped) if isinstance(mapped, str) else 1)
+        if size > MAX_RENDER_CHARS and size > len(owner):
+            raise _too_long(size, "'translate'")
+    return args
+
+
+_STR_METHOD_CHECKS: dict[str, Callable[[Any, tuple[Any, ...], dict[str, Any]], tuple[Any, ...]]] = {
+    "join": _check_join_call, "replace": _check_replace_call, "expandtabs": _check_expandtabs_call,
+    "translate": _check_translate_call,
+}
+_LIPSUM_SIGNATURE = inspect.signature(generate_lorem_ipsum)
+_LOREM_WORD = max(map(len, LOREM_IPSUM_WORDS.split())) + 2  # a word, its comma or stop, a space
+
+
+def _check_lipsum(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """``lipsum(n, html, min, max)`` writes up to n paragraphs of max words."""
+    try:
+        bound = _LIPSUM_SIGNATURE.bind(*args, **kwargs)
+    except TypeError:
+        return  # the call itself fails, with its own message
+    bound.apply_defaults()
+    paragraphs, low, high = (bound.arguments[name] for name in ("n", "min", "max"))
+    if all(isinstance(number, int) for number in (paragraphs, low, high)):
+        _check_size(max(paragraphs, 0) * (max(low, high, 0) * _LOREM_WORD + 16), "lipsum()")
+
+
+# -- filters that are sized before they run (the rest are bounded by _bounded_filter) ----------------
+
+@jinja2.pass_eval_context
+def _join_filter(eval_ctx: Any, value: Any, d: Any = "", attribute: Any = None) -> str:
+    if attribute is not None:
+        value = map(make_attrgetter(eval_ctx.environment, attribute), value)
+    items = _items(value, "filter 'join'")
+    size = _joined_size(items, _text_size(d))
+    if size > MAX_RENDER_CHARS:
+        raise _too_long(size, "filter 'join'", at_least=True)
+    return sync_do_join(eval_ctx, items, d)
+
+
+@jinja2.pass_eval_context
+def _replace_filter(eval_ctx: Any, s: Any, old: Any, new: Any, count: Any = None) -> str:
+    what = "filter 'replace'"
+    _check_replace(_bounded_str(s, what), _bounded_str(old, what), _bounded_str(new, what), count, what)
+    return do_replace(eval_ctx, s, old, new, count)
+
+
+def _indent_filter(s: Any, width: Any = 4, first: bool = False, blank: bool = False) -> str:
+    step = len(width) if isinstance(width, str) else width if isinstance(width, int) else 0
+    if isinstance(s, str) and step > 0:
+        lines = (s + "\n").splitlines()
+        indented = len(lines) if blank else len(lines) - lines.count("")
+        _check_size(len(s) + step * (indented + 1), "filter 'indent'")
+    return do_indent(s, width, first, blank)
+
+
+@jinja2.pass_environment
+def _wordwrap_filter(environment: Any, s: Any, width: int = 79, break_long_words: bool = True,
+                     wrapstring: Any = None, break_on_hyphens: bool = True) -> str:
+    if isinstance(s, str) and isinstance(wrapstring, str) and len(wrapstring) > 1:
+        # The lines are what they would be with '\n' between them (at most twice the text).
+        wrapped = do_wordwrap(environment, s, width, break_long_words, "\n", break_on_hyphens)
+        _check_size(len(wrapped) + wrapped.count("\n") * (len(wrapstring) - 1), "filter 'wordwrap'")
+    return do_wordwrap(environment, s, width, break_long_words, wrapstring, break_on_hyphens)
+
+
+@jinja2.pass_eval_context
+def _urlize_filter(eval_ctx: Any, value: Any, trim_url_limit: Any = None, nofollow: bool = False,
+                   target: Any = None, rel: Any = None, extra_schemes: Any = None) -> str:
+    what = "filter 'urlize'"
+    added = (len(_bounded_str(target, what)) if target is not None else 0) + (
+        len(rel) if isinstance(rel, str) else 0)
+    if added:  # each link repeats target and rel (escaped: up to 6 characters each)
+        plain = do_urlize(eval_ctx, value, trim_url_limit, nofollow, None, None, extra_schemes)
+        _check_size(len(plain) + plain.count("<a ") * (6 * added + 32), what)
+    return do_urlize(eval_ctx, value, trim_url_limit, nofollow, target, rel, extra_schemes)
+
+
+@jinja2.pass_eval_context
+def _tojson_filter(eval_ctx: Any, value: Any, indent: Any = None) -> str:
+    step = len(indent) if isinstance(indent, str) else (
+        max(int(indent), 0) if isinstance(indent, int) else None)
+    size = _json_size(value, step, 0, MAX_RENDER_CHARS)
+    if size > MAX_RENDER_CHARS:
+        raise _too_long(size, "filter 'tojson'", at_least=True)
+    return do_tojson(eval_ctx, value, indent)
+
+
+def _pprint_filter(value: Any) -> str:
+    what = "filter 'pprint'"
+    _check_text(value, what, as_repr=True)  # pprint writes repr(value) whole where it fits a line
+    pprint.PrettyPrinter(stream=_CountingStream(what)).pprint(value)  # indents can repeat
+    return do_pprint(value)
+
+
+# Adding lists one at a time copies the sum so far each time: n lists of one item copy n**2 / 2.
+_SUM_COPY_LIMIT = 100 * MAX_RENDER_CHARS
+
+
+@jinja2.pass_environment
+def _sum_filter(environment: Any, iterable: Any, attribute: Any = None, start: Any = 0) -> Any:
+    if attribute is not None:
+        iterable = map(make_attrgetter(environment, attribute), iterable)
+    items = _items(iterable, "filter 'sum'")
+    if isinstance(start, (list, tuple)):
+        total = copied = len(start)
+        for item in items:
+            total += len(item) if isinstance(item, (list, tuple)) else 0
+            copied += total
+        _check_size(total, "filter 'sum'")
+        if copied > _SUM_COPY_LIMIT:
+            raise TemplateBudgetError(f"filter 'sum' would copy {copied:,} items adding {len(items):,} "
+                                      f"lists one at a time, more than the limit of {_SUM_COPY_LIMIT:,}")
+    return sync_do_sum(environment, items, None, start)
+
+
+def _format_filter(value: Any, *args: Any, **kwargs: Any) -> str:
+    what = "filter 'format'"
+    _check_percent(_bounded_str(value, what), kwargs or args, what)
+    return do_format(value, *args, **kwargs)
+
+
+_SIZED_FILTERS: dict[str, Callable[..., Any]] = {
+    "join": _join_filter, "replace": _replace_filter, "indent": _indent_filter,
+    "wordwrap": _wordwrap_filter, "urlize": _urlize_filter, "tojson": _tojson_filter,
+    "pprint": _pprint_filter, "sum": _sum_filter, "format": _format_filter,
+}
+# Filters that turn any value into text first (a list's text is checked before it is built), and
+# every filter that returns text: its result may not grow past the cap (escape or tojson in a loop
+# would otherwise grow a string a step at a time).
+_STRINGIFYING_FILTERS = frozenset({"capitalize", "center", "e", "escape", "forceescape", "lower", "safe",
+                                   "string", "striptags", "title", "trim", "upper", "urlencode",
+                                   "wordcount", "xmlattr"})
+_TEXT_FILTERS = _STRINGIFYING_FILTERS | {"format", "indent", "join", "pprint", "replace", "tojson",
+                                         "truncate", "urlize", "wordwrap"}
 
 
 def _bounded_loop(iterable: Iterable[Any]) -> Iterator[Any]:
@@ -104,26 +566,55 @@ def _too_slow() -> TemplateBudgetError:
                                "a render may take (a loop too large?)")
 
 
-def _bounded_filter(func: Callable[..., Any]) -> Callable[..., Any]:
+def _bounded_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
     offset = 1 if hasattr(func, "jinja_pass_arg") else 0  # context/environment comes first
+    if name not in _TEXT_FILTERS:
+        @functools.wraps(func)  # keeps jinja_pass_arg
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            _check_int_args(args[offset + 1:])
+            _check_int_args(kwargs.values())
+            return func(*args, **kwargs)
 
-    @functools.wraps(func)  # keeps jinja_pass_arg
-    def checked(*args: Any, **kwargs: Any) -> Any:
+        return checked
+    what = f"filter '{name}'"
+    stringifies = name in _STRINGIFYING_FILTERS
+
+    @functools.wraps(func)
+    def checked_text(*args: Any, **kwargs: Any) -> Any:
         _check_int_args(args[offset + 1:])
         _check_int_args(kwargs.values())
-        if func is _FORMAT_FILTER and len(args) > offset:
-            _check_format(args[offset])
-        return func(*args, **kwargs)
+        value = args[offset] if len(args) > offset else None
+        if stringifies and type(value) is not str:
+            _check_text(value, what)
+        result = func(*args, **kwargs)
+        if (isinstance(result, str) and len(result) > MAX_RENDER_CHARS
+                and len(result) > (len(value) if isinstance(value, str) else 0)):
+            raise _too_long(len(result), what)
+        return result
 
-    return checked
+    return checked_text
 
 
-_FORMAT_FILTER = jinja2.filters.FILTERS["format"]
+def _bounded_join(chunks: Iterable[str]) -> str:
+    """``environment.concat``: the text of a ``{% set %}`` block, a macro, a filter block or a
+    block, refused before it is joined when it would pass the cap."""
+    if type(chunks) is list:
+        _check_size(sum(map(len, chunks)), "a macro or block")
+        return "".join(chunks)
+    parts: list[str] = []
+    size = 0
+    for chunk in chunks:
+        size += len(chunk)
+        if size > MAX_RENDER_CHARS:
+            raise _too_long(size, "a macro or block", at_least=True)
+        parts.append(chunk)
+    return "".join(parts)
 
 
 class _BoundedCodeGenerator(CodeGenerator):
     """``a ~ b`` goes through the environment, which bounds the length of the result; a printed
-    value goes through ``finalize`` (which refuses null) only when it is null."""
+    value goes through ``finalize`` (which refuses null and sizes a list's text before it is built)
+    only when it is not a str."""
 
     @optimizeconst
     def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
@@ -133,8 +624,8 @@ class _BoundedCodeGenerator(CodeGenerator):
             self.write(", ")
         self.write("))")
 
-    # Jinja writes str(environment.finalize(value)) for every printed value; finalize returns any
-    # value but None as it is, so str(value) for those skips a Python call per printed value.
+    # Jinja writes str(environment.finalize(value)) for every printed value; a str is its own text,
+    # so it is printed as it is and only other values pay for finalize (no Python call for a field).
     def _inline_finalize(self, frame: Frame, finalize: Any) -> bool:
         return (finalize.src == "environment.finalize(" and not frame.eval_ctx.volatile
                 and not frame.eval_ctx.autoescape)
@@ -143,13 +634,13 @@ class _BoundedCodeGenerator(CodeGenerator):
         if not self._inline_finalize(frame, finalize):
             super()._output_child_pre(node, frame, finalize)
             return
-        self.write("str((_flan_printed if (_flan_printed := ")
+        self.write("(_flan_printed if type(_flan_printed := ")
 
     def _output_child_post(self, node: nodes.Expr, frame: Frame, finalize: Any) -> None:
         if not self._inline_finalize(frame, finalize):
             super()._output_child_post(node, frame, finalize)
             return
-        self.write(") is not None else environment.finalize(_flan_printed)))")
+        self.write(") is str else environment.finalize(_flan_printed))")
 
 
 class _BoundedEnvironment(ImmutableSandboxedEnvironment):
@@ -157,10 +648,12 @@ class _BoundedEnvironment(ImmutableSandboxedEnvironment):
 
     intercepted_binops = frozenset({"*", "**", "+", "%"})
     code_generator_class = _BoundedCodeGenerator
+    concat = staticmethod(_bounded_join)  # macros, {% set %} blocks, filter blocks, blocks
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.filters = {name: _bounded_filter(f) for name, f in self.filters.items()}
+        self.filters.update(_SIZED_FILTERS)
+        self.filters = {name: _bounded_filter(name, f) for name, f in self.filters.items()}
         self.globals[_LOOP_GUARD] = _bounded_loop
         self._safe_attributes: dict[tuple[type, str], bool] = {}
 
@@ -202,17 +695,21 @@ class _BoundedEnvironment(ImmutableSandboxedEnvironment):
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "*":
             for seq, times in ((left, right), (right, left)):
-                if isinstance(seq, (str, list, tuple)) and isinstance(times, int):
+                if isinstance(seq, (str, bytes, list, tuple)) and isinstance(times, int):
                     _check_size(len(seq) * times)
+            if (type(left) is int and type(right) is int
+                    and left.bit_length() + right.bit_length() > 4 * MAX_RENDER_CHARS):
+                raise TemplateBudgetError(f"a product of {left.bit_length() + right.bit_length():,} "
+                                          "bits is too large a number")
         elif operator == "+":
-            if isinstance(left, (str, list, tuple)) and isinstance(right, (str, list, tuple)):
+            if isinstance(left, (str, bytes, list, tuple)) and isinstance(right, (str, bytes, list, tuple)):
                 _check_size(len(left) + len(right))
         elif operator == "**":
             if (isinstance(left, int) and isinstance(right, int) and abs(left) > 1
                     and right * abs(left).bit_length() > 4 * MAX_RENDER_CHARS):
                 raise TemplateBudgetError(f"{left} ** {right} is too large a number")
-        elif operator == "%":
-            _check_format(left)
+        elif operator == "%" and isinstance(left, (str, bytes)):
+            _check_percent(left, right, "'%' formatting")
         return super().call_binop(context, operator, left, right)
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
@@ -223,13 +720,52 @@ class _BoundedEnvironment(ImmutableSandboxedEnvironment):
         if isinstance(owner, (str, bytes)):  # 'x'.ljust(10**10), '{:>{}}'.format('x', 10**10)
             _check_int_args(args)
             _check_int_args(kwargs.values())
+            name = getattr(__obj, "__name__", None)
             # only a format call reads the text as a format: GSM8K's '15% * $1000'.split() is data
-            if getattr(__obj, "__name__", None) in ("format", "format_map"):
+            if name in ("format", "format_map"):
                 _check_format(owner)
+            elif name in _STR_METHOD_CHECKS:  # s.replace('x', t), sep.join(items): sized first
+                args = _STR_METHOD_CHECKS[name](owner, args, kwargs)
+            result = super().call(__context, __obj, *args, **kwargs)
+            if (isinstance(result, (str, bytes)) and len(result) > MAX_RENDER_CHARS
+                    and len(result) > len(owner)):  # upper, encode...: may not grow past the cap
+                raise _too_long(len(result), f"'{name}'")
+            return result
+        if __obj is generate_lorem_ipsum:
+            _check_lipsum(args, kwargs)
         return super().call(__context, __obj, *args, **kwargs)
 
-    def bounded_concat(self, parts: Iterable[Any]) -> str:
-        text = "".join(map(str, parts))
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        """``str.format`` and ``format_map``, sandboxed as Jinja does, through a formatter that sizes
+        each field before it is built and stops once the fields pass the cap."""
+        if (not isinstance(value, (types.MethodType, types.BuiltinMethodType))
+                or value.__name__ not in ("format", "format_map")):
+            return None
+        owner = value.__self__
+        if not isinstance(owner, str):
+            return None
+        kind = type(owner)
+        is_format_map = value.__name__ == "format_map"
+        formatter: SandboxedFormatter = (
+            _BoundedEscapeFormatter(self, escape=owner.escape) if isinstance(owner, Markup)
+            else _BoundedFormatter(self))
+
+        def wrapper(*args: Any, **kwargs: Any) -> str:
+            if is_format_map:
+                if kwargs:
+                    raise TypeError("format_map() takes no keyword arguments")
+                if len(args) != 1:
+                    raise TypeError(f"format_map() takes exactly one argument ({len(args)} given)")
+                kwargs, args = args[0], ()
+            return kind(formatter.vformat(owner, args, kwargs))
+
+        return functools.update_wrapper(wrapper, value)
+
+    def bounded_concat(self, parts: tuple[Any, ...]) -> str:
+        try:
+            text = "".join(parts)
+        except TypeError:  # a part that is not text: each turned into text, none past the cap
+            text = "".join([_bounded_str(part, "'~'") for part in parts])
         _check_size(len(text))
         return text
 
@@ -238,17 +774,19 @@ class NullValueError(ValueError):
     """A template printed a null value (it would appear as the text "None")."""
 
 
-def _refuse_null(value: Any) -> Any:
+def _printed_text(value: Any) -> str:
+    """``environment.finalize``: the text of a printed value that is not a str. Null is refused (it
+    would print as 'None'); a list's or mapping's text is sized before it is built."""
     if value is None:
         raise NullValueError("a value printed by the template is null")
-    return value
+    return _bounded_str(value, "printing a value")
 
 
 def make_environment() -> SandboxedEnvironment:
     """The one Jinja environment every template and expression is compiled in."""
     return _BoundedEnvironment(
         undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False,
-        finalize=_refuse_null,  # a null field that is printed is an error; one never printed is fine
+        finalize=_printed_text,  # a null field that is printed is an error; one never printed is fine
     )
 
 
@@ -551,7 +1089,8 @@ class TaskRenderer:
             if not isinstance(value, (list, tuple)) or not value:
                 raise _RowProblem(f"options expression {options_expr.source!r} gave {value!r}, "
                                   "not a non-empty list; fix 'options' in the spec")
-            options = [str(v).strip() for v in value]  # data has stray spaces (piqa)
+            # data has stray spaces (piqa)
+            options = [_bounded_str(v, "an option").strip() for v in value]
         answer_expr = compiled.answer if compiled and compiled.answer else self.answer
         assert answer_expr is not None
         raw = answer_expr(ctx)
@@ -573,7 +1112,8 @@ class TaskRenderer:
         if not isinstance(value, (list, tuple)):
             raise _RowProblem(f"references expression {expr.source!r} gave "
                               f"{type(value).__name__}, not a list of strings")
-        refs = [str(v) for v in value if str(v).strip()]
+        texts = [_bounded_str(v, "a reference") for v in value]
+        refs = [text for text in texts if text.strip()]
         if not refs and self._generation:
             raise _RowProblem(f"the row has no reference answer ({expr.source!r} is empty); drop the "
                               "row or fix the spec")
