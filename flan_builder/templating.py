@@ -267,7 +267,8 @@ def _percent_specs(fmt: str) -> Iterator[tuple[str | None, str, str, str]]:
 def _percent_size(fmt: Any, values: Any) -> int:
     """An upper bound on the length of ``fmt % values``: each conversion prints its argument's text
     (a mapping's value may be printed by many conversions), padded to its width."""
-    if isinstance(fmt, bytes):
+    is_bytes = isinstance(fmt, bytes)
+    if is_bytes:
         fmt = fmt.decode("latin-1")
     if not isinstance(fmt, str):
         return 0
@@ -278,7 +279,7 @@ def _percent_size(fmt: Any, values: Any) -> int:
             continue
         if key is not None:
             try:
-                value = values[key]
+                value = values[key.encode("latin-1") if is_bytes else key]
             except (LookupError, TypeError, jinja2.UndefinedError):
                 return size  # the formatting itself fails, with its own message
         elif index < len(positional):
@@ -779,6 +780,8 @@ def _printed_text(value: Any) -> str:
     would print as 'None'); a list's or mapping's text is sized before it is built."""
     if value is None:
         raise NullValueError("a value printed by the template is null")
+    if isinstance(value, str) or hasattr(value, "__html__"):
+        return value  # Markup stays Markup: {% autoescape %} must not escape it again
     return _bounded_str(value, "printing a value")
 
 
