@@ -140,9 +140,11 @@ def _text_size(value: Any, budget: int = MAX_RENDER_CHARS, as_repr: bool = False
         return len(repr(value)) if len(value) <= budget else len(value) + 2
     kind = type(value)
     if kind is int:
+        if value.bit_length() <= 64:
+            return len(repr(value))
         return value.bit_length() * 31 // 100 + 2  # decimal digits and a sign
     if kind is float or kind is bool or value is None:
-        return 25
+        return len(repr(value))
     if isinstance(value, bytes):
         return len(repr(value)) if len(value) <= budget else len(value) + 3
     if isinstance(value, jinja2.Undefined):
@@ -312,10 +314,12 @@ def _json_size(value: Any, step: int | None, depth: int, budget: int) -> int:
         if len(value) > budget:
             return len(value) + 2
         return len(json.dumps(value)) + 5 * sum(map(value.count, "<>&'"))  # '<' -> '\u003c'
-    if value is None or isinstance(value, (bool, float)):
-        return 25
+    if value is None or isinstance(value, bool):
+        return 5  # null, true, false
+    if isinstance(value, float):
+        return len(repr(value)) + 5  # -inf is written -Infinity
     if isinstance(value, int):
-        return _text_size(value)
+        return _text_size(int(value))
     if not isinstance(value, (list, tuple, dict)):
         return 25  # JSON cannot write it: tojson fails, as it always did
     item_start = 2 if step is None else 2 + step * (depth + 1)  # ', ' or ',\n' and the indent
