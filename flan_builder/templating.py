@@ -3,7 +3,9 @@
 A template from a stranger cannot run code or change the rows and options it is given
 (``ImmutableSandboxedEnvironment``), cannot include other files, and cannot make a render
 use unbounded memory or time (``_BoundedEnvironment``: a cap on the length of what any
-operation or the whole render produces, a per-render time limit checked in every loop).
+operation or the whole render produces, checked from an operation's arguments before it runs
+where one call could build more than they hold, and a per-render time limit checked in every
+loop).
 A missing field is an error, not an empty string (``StrictUndefined``). Templates and the
 spec's expressions are compiled once per task and reused for every row, which is
 what makes rendering fast (promptsource compiles on every ``apply``).
