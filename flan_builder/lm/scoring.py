@@ -12,8 +12,11 @@ tokenizer's character offsets): the scored tokens are those that carry any of th
 option's characters. When the separator's whitespace merges into the option's first token
 (``" "`` + ``"True"`` is the one token ``" True"``), that token is scored whole, which is
 lm-eval's rule of moving the context's trailing whitespace onto the continuation; with the
-separator ``" "`` this gives exactly lm-eval's requests. A tokenizer without offsets splits
-after the most leading tokens that decode to a prefix of the context (the same place).
+separator ``" "`` this gives exactly lm-eval's requests whenever the space merges into the
+option's first token. Where it does not (SmolLM2 keeps the space before a digit as its own
+token: PIQA's "3 tablespoons ..."), lm-eval scores that lone space and this does not; it adds the
+same log-probability to every option of the row. A tokenizer without offsets splits after the
+most leading tokens that decode to a prefix of the context (the same place).
 
 The fast path (``logits_tree``) merges a row's token sequences (context + option, for every
 option) into a trie and runs the whole trie as one sequence: every distinct prefix is one
