@@ -271,13 +271,13 @@ def _tree_masks(trees: list[Tree], width: int) -> tuple[torch.Tensor, torch.Tens
     is not an ancestor misses at least one of the query's sequences)."""
     sequences = max(max(m.bit_length() for m in t.member) for t in trees)
     words = -(-sequences // _BITS)
-    mask = (1 << _BITS) - 1
+    low_bits = (1 << _BITS) - 1
     depth = torch.zeros((len(trees), width), dtype=torch.long)
     member = torch.zeros((words, len(trees), width), dtype=torch.long)
     for i, tree in enumerate(trees):
         depth[i, : len(tree.depth)] = torch.tensor(tree.depth, dtype=torch.long)
         member[:, i, : len(tree.member)] = torch.tensor([tree.member] if words == 1 else [
-            [(m >> (_BITS * w)) & mask for m in tree.member] for w in range(words)], dtype=torch.long)
+            [(m >> (_BITS * w)) & low_bits for m in tree.member] for w in range(words)], dtype=torch.long)
     query, key = member.unsqueeze(-1), member.unsqueeze(-2)
     sees = ((query & ~key) == 0).all(0) & (depth.unsqueeze(1) <= depth.unsqueeze(2))
     sees &= member.ne(0).any(0).unsqueeze(1)  # never a padding key
@@ -309,8 +309,8 @@ def logits_tree(model: Any, rows: list[Encoded], pad_id: int) -> ScoredLogits:
     masks = {"full_attention": sees}
     if "sliding_attention" in (getattr(config, "layer_types", None) or ()):
         distance = depth.unsqueeze(2) - depth.unsqueeze(1)  # query's depth - key's
-        masks["sliding_attention"] = sees & (distance < config.sliding_window) | torch.eye(width,
-                                                                                           dtype=torch.bool)
+        alone = torch.eye(width, dtype=torch.bool)  # a padding query still sees itself
+        masks["sliding_attention"] = sees & (distance < config.sliding_window) | alone
     if config._attn_implementation == "eager":  # eager adds the mask to the attention scores
         dtype = head.weight.dtype
         masks = {k: torch.zeros(m.shape, dtype=dtype).masked_fill(~m, torch.finfo(dtype).min)
@@ -324,7 +324,7 @@ def logits_tree(model: Any, rows: list[Encoded], pad_id: int) -> ScoredLogits:
     where = torch.cat([torch.tensor(t.predictors, dtype=torch.long) + i * width for i, t in enumerate(trees)])
     unique, inverse = torch.unique(where, return_inverse=True)
     logits = head(hidden.reshape(-1, hidden.shape[-1])[unique.to(device)]).float()
-    owner, options, offsets = _layout(rows)
+    _, options, offsets = _layout(rows)
     targets, option = _targets(options, offsets)
     return ScoredLogits(logits, targets.to(device), option.to(device), len(options), inverse.to(device))
 
