@@ -50,6 +50,7 @@ from typing import Any
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch  # noqa: E402
+from lm_eval_compare import RTE_SPEC  # noqa: E402  (bench/ is the script's folder: on sys.path)
 
 from flan_builder.lm.base import LoglikelihoodRequest  # noqa: E402
 from flan_builder.lm.hf import HFLM  # noqa: E402
@@ -70,20 +71,7 @@ class Task:
 
 
 TASKS = {
-    "rte": Task("rte", "super_glue/rte/default.yaml", "super_glue_rte", """\
-task: super_glue_rte
-cluster: nli
-type: classification
-source: {hub_id: aps/super_glue, config: rte, mirror: super_glue_rte,
-         splits: {train: train, eval: validation}}
-license: unknown
-fields: [premise, hypothesis, label]
-options: ["True", "False"]
-answer: label
-templates:
-  - id: lm_eval_rte
-    input: "{{ premise }}\\nQuestion: {{ hypothesis }} True or False?\\nAnswer:"
-"""),
+    "rte": Task("rte", "super_glue/rte/default.yaml", "super_glue_rte", RTE_SPEC),
     "copa": Task("copa", "super_glue/copa/default.yaml", "super_glue_copa", None),
     "piqa": Task("piqa", "piqa/piqa.yaml", "piqa", """\
 task: piqa
