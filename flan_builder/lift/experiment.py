@@ -442,7 +442,9 @@ def run_lift(config: LiftConfig) -> dict[str, Any]:
                     continue
                 t0 = time.perf_counter()
                 variant = _variant(spec, mode, seed, config.digits, size)
-                train_idx = subsets[seed, size]
+                # the untuned rows have no size of their own: their mean predictor (regression)
+                # uses the largest training set, as in-context LIFT's exemplars do
+                train_idx = subsets[seed, size if size is not None else sizes[-1]]
                 mean = sum(table.target[i] for i in train_idx) / len(train_idx) \
                     if spec.type != "classification" else None
                 run_dir = work / "runs" / f"{mode}-seed{seed}{_suffix(size)}"  # this run's LoRA adapter

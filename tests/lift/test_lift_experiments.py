@@ -367,7 +367,7 @@ def test_digits_table_and_its_cost_in_tokens(registry, tokenizer):
 def test_function_sizes_and_in_context_end_to_end(tmp_path, capsys, tiny_model_dir):
     out = tmp_path / "fn"
     code = main(["lift", "--function", "linear", "--function-rows", "20,8", "--train-sizes", "4,8",
-                 "--in-context", "2", "--seeds", "0", "--no-base", "--model", str(tiny_model_dir),
+                 "--in-context", "2", "--seeds", "0", "--model", str(tiny_model_dir),
                  "--out", str(out), *QUICK])
     assert code == 0, capsys.readouterr().err
     results = json.loads((out / "results.json").read_text())
@@ -379,6 +379,9 @@ def test_function_sizes_and_in_context_end_to_end(tmp_path, capsys, tiny_model_d
     assert {s: (r["train_rows"], r["test_rows"]) for s, r in baselines.items()} == {4: (4, 8), 8: (8, 8)}
     assert {"polynomial_regression", "gaussian_process", "knn", "mlp"} <= set(baselines[4]["scores"])
     assert all(len(r["per_template"]["row_01"]["predictions"]) == 8 for r in lift.values())
+    # the untuned model's rows (no size of their own) sit beside the sized runs
+    base = next(r for r in results["records"] if r["method"] == "base")
+    assert base["train_size"] is None and len(base["per_template"]["row_01"]["predictions"]) == 8
     icl = next(r for r in results["records"] if r["method"] == "in_context")
     assert icl["shots"] == 2 and icl["train_size"] == 8 and icl["demonstrations_mean"] == 2.0
     plot = results["function_plot"]
