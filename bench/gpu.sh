@@ -9,6 +9,7 @@
 # Writes into $OUT (default bench/gpu-results; dry run: bench/out/gpu-dry-run):
 #   gpu_summary.md / gpu_summary.json   per run: steps, tokens, train time, tokens/s, MFU, peak memory, GPU
 #   eval-<model>/report.md, results.json, report.png   `flan eval`: untuned base beside its tuned runs
+#   lift-<run>/report.md, results.json, report.png      `flan lift`: LIFT beside its baselines
 #   runs/<run>.run.json                 each run's manifest (loss curve, tokens_seen, wall_time_s, ...)
 #   logs/*.log, gpu.log, timeline.tsv, env.json   every command's output; seconds per phase; versions
 # Weights, the built dataset and the full eval directories stay in $FLAN_GPU_WORK (default runs/gpu).
@@ -25,6 +26,14 @@
 #   EVAL_ROWS 100 / 5     held-out rows per dataset in the build (the README's CPU table used 100)
 #   EVAL_LIMIT 100 / 5    rows per dataset scored by `flan eval`
 #   EVAL_TEMPLATES all / 1   first K templates per dataset ("all": every template, FLAN's protocol)
+#   LIFT_RUNS        "function:linear function:cosine sizes:iris digits?" / "function:linear"
+#                    LIFT's experiments (issue 18) after the FLAN runs, with smollm2-135m and
+#                    train/lift.yaml in bf16: function:NAME -> flan lift --function NAME, seeds
+#                    0,1,2; sizes:TABLE -> --train-sizes 10,20,50,120 --init random --in-context 8,
+#                    seed 0; digits -> the 8x8 digits table, seed 0, the recipe's 8 epochs. A
+#                    trailing ? starts a run only while the elapsed time is under LIFT_BEFORE_S
+#                    (default 300); every run starts only while it is under LIFT_LAST_S (420).
+#                    LIFT_RUNS="" skips them. The dry run: 16/8 rows, 2 steps, no untuned rows, no clock.
 #   FLAN_DATA_DIR ../shared/data (the local mirror; "hub" loads from the Hugging Face Hub)
 #   FLAN_WHEELS      a folder of wheels: pip install --no-index --find-links (offline). Make it on a
 #                    machine with network and the GPU box's python version and platform:
@@ -59,13 +68,16 @@ if [[ $DRY == 1 ]]; then
   RUNS="${RUNS:-smollm2-135m:lora}"; STEPS="${STEPS:-2}"; BATCH="${BATCH:-4}"; LOG_STEPS="${LOG_STEPS:-1}"
   EVAL_ROWS="${EVAL_ROWS:-5}"; EVAL_LIMIT="${EVAL_LIMIT:-5}"; EVAL_TEMPLATES="${EVAL_TEMPLATES:-1}"
   MAX_LENGTH="${MAX_LENGTH:-128}"; BF16=false
+  LIFT_RUNS="${LIFT_RUNS-function:linear}"; LIFT_BEFORE_S="${LIFT_BEFORE_S:-100000}"; LIFT_LAST_S="${LIFT_LAST_S:-100000}"
 else
   OUT="${OUT:-bench/gpu-results}"; WORK="${FLAN_GPU_WORK:-runs/gpu}"
   RUNS="${RUNS:-smollm2-135m:lora gemma3-270m:lora gemma3-270m:full?}"; STEPS="${STEPS:-600}"
   BATCH="${BATCH:-64}"; LOG_STEPS="${LOG_STEPS:-10}"
   EVAL_ROWS="${EVAL_ROWS:-100}"; EVAL_LIMIT="${EVAL_LIMIT:-100}"; EVAL_TEMPLATES="${EVAL_TEMPLATES:-all}"
   MAX_LENGTH="${MAX_LENGTH:-512}"; BF16=true
+  LIFT_RUNS="${LIFT_RUNS-function:linear function:cosine sizes:iris digits?}"
 fi
+LIFT_BEFORE_S="${LIFT_BEFORE_S:-300}"; LIFT_LAST_S="${LIFT_LAST_S:-420}"
 LR="${LR:-2e-4}"; LR_FULL="${LR_FULL:-2e-5}"
 SAMPLER="${SAMPLER:-group_by_length}"; PADDING_FREE="${PADDING_FREE:-false}"
 OPTIONAL_BEFORE_S="${FLAN_GPU_OPTIONAL_BEFORE_S:-300}"
@@ -296,7 +308,42 @@ for model in ${FAMILIES[@]+"${FAMILIES[@]}"}; do
   fi
 done
 
-# -- 5. summary -----------------------------------------------------------------------------
+# -- 5. LIFT's experiments (issue 18): tables and functions as text, beside their baselines --
+read -ra LIFT_LIST <<< "$LIFT_RUNS"
+LIFT_ARGS=(--model smollm2-135m --set "sft.bf16=$BF16")
+[[ $DRY == 1 ]] && LIFT_ARGS+=(--no-base --set sft.max_steps=2 --set sft.logging_steps=1)
+for lift in ${LIFT_LIST[@]+"${LIFT_LIST[@]}"}; do
+  optional=0
+  [[ "$lift" == *\? ]] && { optional=1; lift="${lift%\?}"; }
+  elapsed=$(( $(date +%s) - START ))
+  if [[ $elapsed -ge $LIFT_LAST_S || ( $optional == 1 && $elapsed -ge $LIFT_BEFORE_S ) ]]; then
+    log "SKIPPING LIFT run $lift: ${elapsed}s elapsed (LIFT_BEFORE_S=$LIFT_BEFORE_S, LIFT_LAST_S=$LIFT_LAST_S)"
+    continue
+  fi
+  [[ "${MODEL_READY[smollm2-135m]:-}" == 1 ]] || model_ok smollm2-135m || {
+    log "SKIPPING LIFT run $lift: smollm2-135m is not installed"; continue; }
+  case "$lift" in
+    function:*) name="fn-${lift#function:}"; what=(--function "${lift#function:}" --seeds 0,1,2)
+                [[ $DRY == 1 ]] && what=(--function "${lift#function:}" --seeds 0 --function-rows 16,8) ;;
+    sizes:*)    name="sizes-${lift#sizes:}"
+                what=(--dataset "${lift#sizes:}" --seeds 0 --train-sizes 10,20,50,120 --init random --in-context 8) ;;
+    digits)     name=digits; what=(--dataset digits --seeds 0) ;;
+    *) log "FAILED: LIFT_RUNS entry '$lift' is not function:NAME, sizes:TABLE or digits"; FAILED+=("lift $lift"); continue ;;
+  esac
+  phase "lift $name"
+  if flan lift "${what[@]}" "${LIFT_ARGS[@]}" --out "$WORK/lift/$name" --overwrite \
+      2>&1 | tee "$OUT/logs/lift-$name.log"; then
+    mkdir -p "$OUT/lift-$name"
+    for f in report.md results.json report.png; do
+      if [[ -f "$WORK/lift/$name/$f" ]]; then cp "$WORK/lift/$name/$f" "$OUT/lift-$name/"; fi
+    done
+  else
+    log "FAILED: LIFT run $name (log: $OUT/logs/lift-$name.log)"
+    FAILED+=("lift $name")
+  fi
+done
+
+# -- 6. summary -----------------------------------------------------------------------------
 phase summary
 if [[ ${#TRAINED[@]} -gt 0 ]]; then
   "$PY" bench/gpu_summary.py "${TRAINED[@]}" --logs "$OUT/logs" --timeline "$OUT/timeline.tsv" \
