@@ -49,7 +49,7 @@ from flan_builder.mixing import (
 from flan_builder.progress import progress, quiet_datasets_unless_terminal
 from flan_builder.prompt_styles import DEFAULT_PROMPT_STYLE, check_style, styled_spec
 from flan_builder.prompt_styles import describe as describe_style
-from flan_builder.shards import Shard, features, placed
+from flan_builder.shards import Shard, StoredPositions, features, placed
 from flan_builder.sources import Rows, load_split
 from flan_builder.specs import Registry, TaskSpec, load_registry
 from flan_builder.templating import DEFAULT_SEPARATOR, TaskRenderer
@@ -129,14 +129,23 @@ def _clean_train_jobs(
     pools = _pools(plan, loaded, config)
     while True:
         jobs, sizes = _train_jobs(plan, loaded, config, pools)
-        found = {job.spec.name: check.scan(job.spec.name, job.spec.fields, *job.prompt_rows())
-                 for job in jobs}
+        found = {job.spec.name: _scan(check, job) for job in jobs}
         if config.contamination == "fail" and check.found:
             raise FlanError(check.fail_message())
         if config.contamination != "drop" or not any(found.values()):
             return jobs, sizes
         for task, rows in found.items():
             pools[task] = [i for i in pools[task] if i not in rows]
+
+
+def _scan(check: ContaminationCheck, job: Shard) -> set[int]:
+    """``check.scan`` of the rows a training job shows, its drawn rows read a chunk at a time (a
+    task's whole split parsed at once would grow the build's memory with the data)."""
+    spec = job.spec
+    found = check.scan_rows(spec.name, spec.fields, job.indices.tolist(), job.source.take)
+    if job.fewshot is not None:  # exemplar rows: already parsed by the few-shot plan
+        found |= check.scan(spec.name, spec.fields, *job.fewshot.source_rows())
+    return found
 
 
 def _train_jobs(
@@ -227,11 +236,20 @@ class BuildPlan:
     def rows(self, split: str) -> int:
         return sum(len(job) for job in self.jobs[split])
 
-    def shards(self, split: str, max_rows: int | None = None) -> list[Shard]:
+    def shards(self, split: str, max_rows: int | None = None, folder: Path | None = None) -> list[Shard]:
         """``split``'s shards of at most ``max_rows`` (default ``SHARD_ROWS``) rendered rows, each
-        with its rows' places in the split: what ``render_shard`` takes, here or in a distributed job."""
+        with its rows' places in the split: what ``render_shard`` takes, here or in a distributed job.
+        ``folder``: the places go to a file there, which each shard reads when it is rendered
+        (``StoredPositions``), so that no process holds or sends them all (the build's way)."""
         # The training rows' order is a seeded shuffle of plan order, applied by position.
-        positions = shuffled_positions(self.config.seed, self.rows(split)) if split == TRAIN else None
+        count = self.rows(split)
+        positions: np.ndarray | StoredPositions | None = None
+        if split == TRAIN:
+            positions = shuffled_positions(self.config.seed, count)
+            if folder is not None:
+                positions = StoredPositions.write(positions, folder / f"{split}-positions.bin")
+        elif folder is not None:
+            positions = StoredPositions(None, 0, count)
         return placed([dataclasses.replace(job, hashed=tuple(self.hashed)) for job in self.jobs[split]],
                       positions, max_rows)
 
@@ -356,7 +374,7 @@ def _write(planned: BuildPlan, tmp: Path, tally: FormatTally) -> dict[str, write
     work.mkdir()
     written = {}
     for name in planned.jobs:
-        files = writer.render(name, planned.shards(name), work, config.style, config.num_proc,
+        files = writer.render(name, planned.shards(name, folder=work), work, config.style, config.num_proc,
                               planned.renderers)
         train = name == TRAIN
         written[name] = writer.order(

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -188,6 +188,29 @@ class HeldoutIndex:
         return self._exact[owner]
 
 
+class _Seen:
+    """Source row indices already checked, a byte each (a set of ints costs ~60 bytes a row, which a
+    build of millions of rows keeps to its end)."""
+
+    def __init__(self) -> None:
+        self._flags = bytearray()
+        self._count = 0
+
+    def __contains__(self, index: int) -> bool:
+        return 0 <= index < len(self._flags) and self._flags[index] == 1
+
+    def __len__(self) -> int:
+        return self._count
+
+    def update(self, indices: Iterable[int]) -> None:
+        for index in indices:
+            if index >= len(self._flags):
+                self._flags.extend(bytes(max(index + 1, 2 * len(self._flags)) - len(self._flags)))
+            if not self._flags[index]:
+                self._flags[index] = 1
+                self._count += 1
+
+
 @dataclass
 class HeldoutFinding:
     """What the check found for one held-out dataset."""
@@ -216,7 +239,7 @@ class ContaminationCheck:
             self.findings[task] = HeldoutFinding(rows_checked=len(indices))
             for source_index, row in zip(indices, rows, strict=True):
                 self.index.add(task, source_index, row, fields)
-        self._checked: dict[str, set[int]] = defaultdict(set)
+        self._checked: dict[str, _Seen] = defaultdict(_Seen)
         self.seconds = time.perf_counter() - started
 
     @property
@@ -230,19 +253,24 @@ class ContaminationCheck:
     def scan(self, task: str, fields: Sequence[str], indices: Sequence[int],
              rows: Sequence[dict[str, Any]]) -> set[int]:
         """Check a training task's rows not checked before; the source indices that overlap."""
+        by_index: dict[int, dict[str, Any]] = {}
+        for source_index, row in zip(indices, rows, strict=True):
+            by_index.setdefault(source_index, row)
+        return self.scan_rows(task, fields, list(by_index), lambda chosen: [by_index[i] for i in chosen])
+
+    def scan_rows(self, task: str, fields: Sequence[str], indices: Iterable[int],
+                  take: Callable[[list[int]], list[dict[str, Any]]]) -> set[int]:
+        """``scan`` with the rows read by ``take(indices)`` as they are checked, ``_CHUNK`` at a time:
+        a training split is never held parsed whole (and not read at all when nothing is held out)."""
         started = time.perf_counter()
         checked = self._checked[task]
-        fresh: dict[int, dict[str, Any]] = {}
-        for source_index, row in zip(indices, rows, strict=True):
-            if source_index not in checked and source_index not in fresh:
-                fresh[source_index] = row
-        checked.update(fresh)
+        order = [i for i in dict.fromkeys(indices) if i not in checked]
+        checked.update(order)
         overlapping: set[int] = set()
         if not self.index.lengths:  # nothing held out
             return overlapping
-        order = list(fresh)
         for start in range(0, len(order), _CHUNK):
-            chunk = [fresh[i] for i in order[start:start + _CHUNK]]
+            chunk = take(order[start:start + _CHUNK])
             for position in self.index.candidates(chunk, fields):
                 for heldout_task, heldout_index in self.index.matches(chunk[position], fields):
                     finding = self.findings[heldout_task]

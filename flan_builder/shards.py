@@ -15,6 +15,7 @@ import dataclasses
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -99,6 +100,48 @@ def features(style: str, private: bool = False) -> Any:
     return Features(columns)
 
 
+@dataclass(frozen=True)
+class StoredPositions:
+    """Positions a shard reads when it is rendered instead of carrying them: ``count`` integers from
+    entry ``start`` of the file ``path`` (``dtype``, native byte order; a split's shuffle, written
+    once), or with no file, ``start, start + 1, ...`` (plan order). It pickles as those few fields,
+    so a build of millions of rows does not hold, pickle and send every shard's positions; slices
+    like an array and gives ``tolist()`` and ``np.asarray``."""
+
+    path: Path | None
+    start: int
+    count: int
+    dtype: str = "int64"
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, key: slice) -> StoredPositions:
+        start, stop, step = key.indices(self.count)
+        if step != 1:
+            raise ValueError("stored positions slice with step 1 only")
+        return dataclasses.replace(self, start=self.start + start, count=max(0, stop - start))
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        if self.path is None:
+            values = np.arange(self.start, self.start + self.count, dtype=np.int64)
+        else:
+            item = np.dtype(self.dtype)
+            values = np.fromfile(self.path, dtype=item, count=self.count, offset=self.start * item.itemsize)
+            if len(values) != self.count:
+                raise ValueError(f"{self.path} holds fewer than {self.start + self.count} positions")
+        return values if dtype is None else values.astype(dtype, copy=False)
+
+    def tolist(self) -> list[int]:
+        return np.asarray(self).tolist()
+
+    @classmethod
+    def write(cls, positions: np.ndarray, path: Path) -> StoredPositions:
+        """``positions`` saved to ``path``, as stored positions over the whole file."""
+        positions.tofile(path)
+        return cls(Path(path), 0, len(positions), positions.dtype.name)
+
+
 @dataclass
 class Shard:
     """Rows of one task's split × templates, and where each rendered row goes in its output split.
@@ -118,7 +161,8 @@ class Shard:
     style: str
     row_templates: np.ndarray | None = None  # int32, one template per drawn row
     fewshot: TaskPlan | None = None  # formats and exemplars of a mixed-format build
-    positions: np.ndarray | None = None  # int64, one per rendered row; None: not placed yet
+    # integers, one per rendered row (an array, or StoredPositions read when rendered); None: not placed
+    positions: np.ndarray | StoredPositions | None = None
     hashed: tuple[str, ...] = ()  # columns of the content hash (CANONICAL); empty: none
 
     @property
@@ -217,7 +261,7 @@ def shard_table(shard: Shard, renderer: TaskRenderer | None = None) -> Any:
     return pa.Table.from_pylist(render_shard(shard, renderer), schema=schema)
 
 
-def placed(shards: Sequence[Shard], positions: np.ndarray | None = None,
+def placed(shards: Sequence[Shard], positions: np.ndarray | StoredPositions | None = None,
            max_rows: int | None = None) -> list[Shard]:
     """The shards cut to size, each with its rows' positions: ``positions[u]`` for the split's
     ``u``-th row in plan order (None: plan order is the split's order)."""

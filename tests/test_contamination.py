@@ -259,3 +259,28 @@ templates:
     assert found["rows_overlapping"] == 1
     assert found["training_tasks"] == {"trained": {"heldout_rows": 1, "training_rows": 1, "declared": False}}
     assert manifest["counts"]["train"]["per_task"] == {"trained": 1}
+
+
+def test_training_rows_are_read_a_chunk_at_a_time_and_not_at_all_with_nothing_held_out(monkeypatch):
+    from flan_builder import contamination
+
+    monkeypatch.setattr(contamination, "_CHUNK", 3)
+    rows = {i: {"text": f"nothing here {i}"} for i in range(9)}
+    rows[6] = {"text": "so " + THIRTEEN}
+    calls: list[list[int]] = []
+
+    def take(chosen):
+        calls.append(list(chosen))
+        return [rows[i] for i in chosen]
+
+    check = ContaminationCheck([("h", ["premise"], [7], [{"premise": THIRTEEN}])])
+    assert check.scan_rows("t", ["text"], [5, 6, 0, 1, 2, 3, 4, 7, 6], take) == {6}
+    assert [len(c) for c in calls] == [3, 3, 2] and sorted(sum(calls, [])) == list(range(8))
+    calls.clear()
+    assert check.scan_rows("t", ["text"], range(9), take) == set()  # row 8 is the only new one
+    assert calls == [[8]]
+    assert check.train_rows_checked == 9
+    calls.clear()
+    nothing_held_out = ContaminationCheck([])
+    assert nothing_held_out.scan_rows("t", ["text"], range(8), take) == set() and calls == []
+    assert nothing_held_out.train_rows_checked == 8

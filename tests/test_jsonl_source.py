@@ -29,7 +29,7 @@ def test_rows_are_the_files_lines_parsed_blank_lines_skipped(tmp_path):
     lines = _index(path)
     assert len(lines) == 40
     assert lines.take([5, 0, 5, 39]) == [rows[5], rows[0], rows[5], rows[39]]  # a few: read one by one
-    assert list(lines) == rows  # the whole split: read at once and kept
+    assert list(lines) == rows  # the whole split: nearby lines read together, nothing kept
     assert lines[7] == rows[7] and lines[-1] == rows[39]
     chosen = lines.select([9, 2, 30])
     assert len(chosen) == 3 and chosen.take([0, 1, 2]) == [rows[9], rows[2], rows[30]]
@@ -80,3 +80,30 @@ def test_the_shared_mirror_reads_the_same_rows_as_json_loads(registry):
     expected = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     assert split.all() == expected
     assert split.take([len(expected) - 1, 0]) == [expected[-1], expected[0]]
+
+
+def test_take_reads_nearby_lines_together_in_file_order_and_keeps_nothing(tmp_path, monkeypatch):
+    from flan_builder.sources import jsonl
+
+    rows = [{"text": ("long " * 40 if i % 7 == 0 else "s") + str(i)} for i in range(60)]
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    monkeypatch.setattr(jsonl, "READ_BYTES", 64)  # shorter than the long lines: one read each
+    reads: list[tuple[int, int]] = []
+    lines = _index(path)
+    real_read = lines._read
+    lines._read = lambda start, end: reads.append((start, end)) or real_read(start, end)
+    wanted = [59, 3, 0, 3, 14, 15, 16, -1, 28]
+    assert lines.take(wanted) == [rows[i] for i in wanted]
+    assert reads == sorted(reads) and len(reads) < len(set(wanted) - {-1})  # nearby lines share a read
+    one_line = {(lines.starts[j], lines.ends[j]) for j in range(60)}
+    assert all(end - start <= 64 or (start, end) in one_line for start, end in reads)
+    # a select() out of file order reads correctly too
+    chosen = lines.select([40, 2, 33, 1])
+    assert chosen.take([3, 0, 2, 1]) == [rows[1], rows[40], rows[33], rows[2]]
+    # nothing parsed is kept: a row taken again is parsed again, unchanged by what a caller did
+    first = lines.take([5])[0]
+    first["text"] = "changed"
+    assert lines.take([5]) == [rows[5]]
+    with pytest.raises(IndexError):
+        lines.take([60])

@@ -37,3 +37,17 @@ def test_drawing_more_than_the_pool_cycles_through_whole_passes():
 def test_task_streams_are_independent():
     assert task_rng(0, "a", "draw").random() != task_rng(0, "b", "draw").random()
     assert task_rng(0, "a", "draw").random() == task_rng(0, "a", "draw").random()
+
+
+def test_shuffled_positions_invert_random_shuffle_across_blocks_in_four_bytes_a_row():
+    import numpy as np
+
+    from flan_builder.mixing import shuffled_positions
+
+    count = (1 << 20) + 5  # past the inverse's first block
+    rows = list(range(count))
+    task_rng(3, "*", "shuffle").shuffle(rows)  # what the in-memory build did to its rows
+    positions = shuffled_positions(3, count)
+    assert positions.dtype == np.int32
+    assert np.array_equal(np.asarray(rows)[positions], np.arange(count))  # row u lands at positions[u]
+    assert len(shuffled_positions(3, 0)) == 0 and shuffled_positions(3, 1).tolist() == [0]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -192,3 +193,21 @@ def test_plan_order_positions_are_the_seeded_shuffle_of_the_in_memory_build(tmp_
     task_rng(config.seed, "*", "shuffle").shuffle(shuffled)
     assert [row[POSITION] for row in shuffled] == list(range(len(plan_order)))
     assert json.dumps([row["task"] for row in shuffled]) != json.dumps([row["task"] for row in plan_order])
+
+
+def test_the_builds_shards_read_their_positions_from_a_file_and_render_the_same_rows(tmp_path):
+    config = BuildConfig(heldout="nli", out=tmp_path / "out", data_dir=FIXTURE_DATA,
+                         templates_dir=FIXTURE_TEMPLATES, mixing=MixingConfig(all_templates=True))
+    planned = plan_build(config)
+    for split in planned.jobs:
+        in_memory = planned.shards(split, max_rows=7)
+        stored = planned.shards(split, max_rows=7, folder=tmp_path)
+        assert len(stored) == len(in_memory) > 1
+        assert ([row for shard in stored for row in render_shard(shard)]
+                == [row for shard in in_memory for row in render_shard(shard)])
+        # what the build pickles to its workers: a shard's positions are a path and a few numbers,
+        # however many rows it has (an array would add 8 bytes a row)
+        whole = planned.shards(split, max_rows=10**9, folder=tmp_path)
+        assert max(len(shard) for shard in whole) >= 10
+        for shard in whole:
+            assert len(pickle.dumps(shard.positions)) - len(pickle.dumps(shard.positions[:1])) <= 8

@@ -4,8 +4,10 @@ A build over a large mirror should not hold every source row as a Python dict (a
 row here, 205 MiB for the 81,149 training rows of the shared mirror) nor send them all to every
 worker process. ``JsonlLines`` checks every line when the file is indexed (JSON, an object, the
 spec's fields), keeps only where each line starts and ends, and pickles as the path and those
-offsets; a worker reads the lines its shard needs. The rows of the split most recently read in
-bulk stay parsed (one split per process), so the shards of one task parse its file once.
+offsets; a worker reads the lines its shard needs. Nothing parsed is kept: a process holding a
+whole split parsed would grow with the data (a build over 4.5x the mirror's rows held 4.5x as
+much), so ``take`` reads the wanted lines in file order, nearby ones in one read, and parses only
+those.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 from flan_builder.errors import FlanError
 
-_parsed_holder: list[JsonlLines] = []  # the one split whose parsed rows are kept
+READ_BYTES = 1 << 20  # wanted lines this close together are read with one pread
 
 
 class JsonlLines(Sequence[dict[str, Any]]):
@@ -30,7 +32,6 @@ class JsonlLines(Sequence[dict[str, Any]]):
         self.starts, self.ends = starts, ends
         self.stamp = stamp  # (size, mtime_ns) when indexed: a file changed since is an error
         self._fd: tuple[int, int] | None = None  # (pid, fd): a forked process opens its own
-        self._parsed: list[dict[str, Any]] | None = None
 
     @classmethod
     def index(cls, path: Path, task: str, split: str, fields: Sequence[str], spec_path: Path) -> JsonlLines:
@@ -92,22 +93,25 @@ class JsonlLines(Sequence[dict[str, Any]]):
                           array("q", (self.ends[i] for i in chosen)), self.stamp)
 
     def take(self, indices: Iterable[int]) -> list[dict[str, Any]]:
-        """The rows at ``indices``, parsed, in that order."""
-        wanted = [int(i) for i in indices]
-        if self._parsed is None and len(wanted) * 8 >= len(self):  # most of the split: read it all
-            self._parse_all()
-        if self._parsed is not None:
-            return [self._parsed[i] for i in wanted]
-        return [json.loads(self._read(self.starts[i], self.ends[i])) for i in wanted]
-
-    def _parse_all(self) -> None:
-        for other in _parsed_holder:
-            other._parsed = None
-        _parsed_holder[:] = [self]
-        first, last = min(self.starts, default=0), max(self.ends, default=0)
-        data = self._read(first, last)
-        self._parsed = [json.loads(data[s - first:e - first]) for s, e in zip(self.starts, self.ends,
-                                                                              strict=True)]
+        """The rows at ``indices``, parsed, in that order (each distinct row parsed once)."""
+        size = len(self)
+        wanted = [int(i) + size if i < 0 else int(i) for i in indices]
+        if wanted and not 0 <= min(wanted) <= max(wanted) < size:
+            raise IndexError(f"a row index out of range for {self.path} ({size} rows)")
+        distinct = sorted(set(wanted), key=self.starts.__getitem__)  # file order (a select() may differ)
+        parsed: dict[int, dict[str, Any]] = {}
+        first = 0
+        while first < len(distinct):
+            start = end = self.starts[distinct[first]]
+            last = first  # lines distinct[first:last] come from one read of [start, end)
+            while last < len(distinct) and (last == first or self.ends[distinct[last]] - start <= READ_BYTES):
+                end = max(end, self.ends[distinct[last]])
+                last += 1
+            data = self._read(start, end)
+            for i in distinct[first:last]:
+                parsed[i] = json.loads(data[self.starts[i] - start:self.ends[i] - start])
+            first = last
+        return [parsed[i] for i in wanted]  # a repeated index: the same dict, as a list of rows gives
 
     def _read(self, start: int, end: int) -> bytes:
         if self._fd is None or self._fd[0] != os.getpid():
