@@ -101,6 +101,11 @@ def _sft_config(recipe: Recipe, work: Path, padding_free: bool, pretokenized: bo
     if pretokenized and not settings.get("packing"):
         # Rows are already truncated to max_length; TRL refuses max_length with padding-free.
         settings["max_length"] = None
+    if pretokenized:
+        # FLAN trains on the targets only. TRL decides this from the dataset's columns (prompt
+        # and completion); ours arrive tokenized (input_ids, completion_mask), so TRL would
+        # score the prompts too unless told.
+        settings.setdefault("completion_only_loss", True)
     settings["padding_free"] = padding_free
     if recipe.method == "prefix_tuning" and settings.get("gradient_checkpointing"):
         # Known breakage: with activation checkpointing the prefix key/values are not seen
@@ -220,6 +225,7 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> T
     trainer = FlanSFTTrainer(
         model=model, args=args, train_dataset=data.dataset, processing_class=tokenizer,
         peft_config=peft_config, compact_lm_head=recipe.train["compact_lm_head"],
+        release_memory=recipe.train["release_memory"],
     )
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(LossProgressCallback())

@@ -105,6 +105,10 @@ _TRAIN: _Schema = {
     # "random": the model's architecture with freshly drawn weights (from_config, seeded by sft.seed)
     # instead of its pretrained ones; what pretraining buys (flan lift --init random).
     "init": ((str,), one_of("pretrained", "random"), "pretrained"),
+    # Hand the memory glibc's malloc keeps after each optimizer step back to the system
+    # (malloc_trim): padding-free micro-batches differ in length, so their freed activations
+    # leave holes a later, longer one cannot reuse, and RSS creeps up (bench/train_memory.py).
+    "release_memory": ((bool,), None, True),
 }
 
 # SFTConfig defaults we change, and why: see the recipes' comments and the README.

@@ -6,6 +6,8 @@
   forward, and prompts are most of each sequence. We project only the scored positions,
   on every device.
 * A progress bar that shows loss and tokens/s instead of printing a dict per log step.
+* Freed memory handed back after each optimizer step (``release_memory``): glibc's malloc
+  keeps what PyTorch frees, and micro-batches of different lengths fragment it.
 * Run totals that survive a resume: transformers and TRL count tokens seen and the loss sum
   for the current process only, so a resumed run would report its last segment. Each
   checkpoint records the totals so far (``flan_totals.json``) and a resumed run adds to them.
@@ -16,6 +18,8 @@ TRL's and transformers' own.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import time
 import types
@@ -91,8 +95,12 @@ def install_compact_lm_head(model: Any) -> bool:
 class FlanSFTTrainer(SFTTrainer):
     """SFTTrainer plus the compact LM head (``compact_lm_head=False`` keeps TRL's)."""
 
-    def __init__(self, *args: Any, compact_lm_head: bool = True, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, compact_lm_head: bool = True, release_memory: bool = True,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        trim = malloc_trim() if release_memory else None
+        if trim is not None:
+            self.add_callback(_ReleaseFreedMemory(trim))
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         self.compact_lm_head = compact_lm_head and install_compact_lm_head(base)
 
@@ -136,6 +144,35 @@ class _SaveRunTotals(TrainerCallback):
             tmp = folder / f".{TOTALS_FILE}.tmp"
             tmp.write_text(json.dumps(totals), encoding="utf-8")
             tmp.replace(folder / TOTALS_FILE)
+
+
+def malloc_trim() -> Any | None:
+    """glibc's ``malloc_trim``, or None where the C library is not glibc (macOS, musl)."""
+    name = ctypes.util.find_library("c")
+    try:
+        function = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        return None
+    if function is not None:
+        function.argtypes, function.restype = [ctypes.c_size_t], ctypes.c_int
+    return function
+
+
+class _ReleaseFreedMemory(TrainerCallback):
+    """After each optimizer step, return the pages malloc holds free to the system.
+
+    Between steps almost nothing PyTorch allocated is live (the activations are gone), yet
+    glibc keeps their pages: measured on the heaviest micro-batches of the README's nli run,
+    1.1 GiB kept free against 0.23 GiB in use. Trimming then costs a page fault per page
+    touched again in the next step, not a system call per allocation as a low
+    ``mmap_threshold`` would.
+    """
+
+    def __init__(self, trim: Any) -> None:
+        self.trim = trim
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.trim(0)
 
 
 class LossProgressCallback(ProgressCallback):

@@ -216,6 +216,59 @@ def test_same_recipe_and_seed_give_the_same_loss_curve(tmp_path, tiny_model_dir,
     assert other.manifest["loss_curve"] != first
 
 
+@pytest.mark.parametrize("padding_free", [True, False])
+def test_only_the_completion_is_trained_on(tmp_path, tiny_model_dir, toy_build, tokenizer, monkeypatch,
+                                           padding_free):
+    """FLAN's loss covers the target, not the instruction: every micro-batch scores exactly its
+    rows' completion tokens (the rows arrive tokenized, so TRL cannot tell from column names)."""
+    from flan_builder.training import sft
+    from flan_builder.training.data import load_training_data
+
+    scored: list[int] = []
+    original = sft.FlanSFTTrainer.training_step
+
+    def recording(self, model, inputs, *args, **kwargs):
+        scored.append(int((inputs["labels"] != -100).sum()))
+        return original(self, model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(sft.FlanSFTTrainer, "training_step", recording)
+    result = train_recipe(make_recipe(tmp_path, tiny_model_dir, toy_build),
+                          ["sft.train_sampling_strategy=sequential", f"train.padding_free={padding_free}"])
+    assert result.manifest["padding_free"] is padding_free
+    rows = load_training_data(toy_build, "nli", tokenizer, 96).dataset
+    batches = [list(range(start, min(start + 4, len(rows)))) for start in range(0, len(rows), 4)]
+    batches = (batches * len(scored))[:len(scored)]  # in order, epoch after epoch
+    expected = [sum(sum(rows[i]["completion_mask"]) for i in batch) for batch in batches]
+    prompts = [len(row["input_ids"]) - sum(row["completion_mask"]) for row in rows]
+    assert len(scored) == 4 and min(prompts) > 0
+    assert scored == expected
+
+
+def test_freed_memory_is_handed_back_after_every_step_without_changing_training(
+        tmp_path, tiny_model_dir, toy_build, monkeypatch):
+    from flan_builder.training import sft
+
+    real = sft.malloc_trim()
+    if real is None:
+        pytest.skip("not glibc: there is no malloc_trim to call")
+    calls: list[int] = []
+
+    def counting() -> object:
+        def trim(pad: int) -> int:
+            calls.append(pad)
+            return real(pad)
+        return trim
+
+    monkeypatch.setattr(sft, "malloc_trim", counting)
+    trimmed = train_recipe(make_recipe(tmp_path, tiny_model_dir, toy_build, name="trim")).manifest
+    assert calls == [0] * trimmed["steps"] and trimmed["steps"] == 4
+    calls.clear()
+    kept = train_recipe(make_recipe(tmp_path, tiny_model_dir, toy_build, name="keep"),
+                        ["train.release_memory=false"]).manifest
+    assert calls == []
+    assert kept["loss_curve"] == trimmed["loss_curve"]
+
+
 def test_padding_free_and_compact_head_train_like_padded_batches(tmp_path, tiny_model_dir, toy_build):
     """The fast paths change how a batch is computed, not what is learned."""
     # no dropout: its random masks depend on the batch layout
