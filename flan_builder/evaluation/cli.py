@@ -104,7 +104,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="alias, .gguf, model dir, Hub id, or a `flan train` run (repeatable)")
     parser.add_argument("--data", help="a built dataset with a heldout split")
     parser.add_argument("--out", help="report directory (written atomically)")
-    parser.add_argument("--limit", type=int, help="rows per dataset (default: all)")
+    parser.add_argument("--limit", type=int,
+                        help="rows per dataset: a seeded sample of the build's held-out rows, the same "
+                             "for every template and model (default: all)")
     parser.add_argument("--templates", type=int, help="first K templates per dataset")
     parser.add_argument("--template", action="append", help="only template ids containing this")
     parser.add_argument("--task", action="append", help="only this task (repeatable)")

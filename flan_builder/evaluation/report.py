@@ -148,12 +148,17 @@ def _cot_note(results: dict[str, Any]) -> str:
             "have none (or none of the reference's kind) and count as wrong.")
 
 
+def _rows_note(limit: int | None) -> str:
+    return f"{limit} rows per dataset (a seeded sample, the same for every template and model)" if limit \
+        else "all rows per dataset"
+
+
 def write_report(results: dict[str, Any], folder: Path) -> None:
     """results.json, report.md and report.png into ``folder``."""
     text = table(results)
     header = (f"# Zero-shot evaluation on held-out `{results.get('heldout_cluster')}`\n\n"
               f"Data: `{results['data']}` (hash {str(results.get('dataset_hash'))[:16]}), "
-              f"{results.get('limit') or 'all'} rows per dataset, every selected template; "
+              f"{_rows_note(results.get('limit'))}, every selected template; "
               f"base model: `{results['base']}`. Classification: rank classification over each "
               f"option's own tokens after the prompt and the separator {results.get('separator')!r}; "
               f"`acc` takes the summed log-likelihood, `acc_norm` divides it by the option's length "

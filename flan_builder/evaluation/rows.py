@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,12 @@ Groups = dict[tuple[str, str], list[dict[str, Any]]]
 
 def load_heldout(data: Path, *, tasks: list[str] | None = None, template_filter: list[str] | None = None,
                  templates: int | None = None, limit: int | None = None) -> tuple[Groups, dict[str, Any]]:
-    """(task, template) -> held-out rows after the filters (first ``limit`` rows by source index)."""
+    """(task, template) -> held-out rows after the filters, in source order.
+
+    ``limit`` keeps a seeded sample of each task's rows (`sample_rows`), the same source rows for
+    every template and every model: the first rows by source index would follow the source's
+    own order, and some sources are sorted by label (rotten_tomatoes' first 533 are positive).
+    """
     from datasets import load_from_disk
 
     manifest = read_dataset_manifest(data)
@@ -34,14 +40,28 @@ def load_heldout(data: Path, *, tasks: list[str] | None = None, template_filter:
         groups[(row["task"], row["template_id"])].append(row)
     chosen: Groups = {}
     for task, template_ids in templates_seen.items():
+        sources = {r["source_index"] for t in template_ids for r in groups[(task, t)]}
+        wanted = sample_rows(task, sources, limit)
         if template_filter:
             template_ids = [t for t in template_ids if any(f in t for f in template_filter)]
         for template_id in template_ids[:templates]:
             group = sorted(groups[(task, template_id)], key=lambda r: r["source_index"])
-            chosen[(task, template_id)] = group[:limit]
+            chosen[(task, template_id)] = [r for r in group if r["source_index"] in wanted]
     if not chosen:
         raise FlanError(f"no held-out rows match the filters (--templates / --template / --task) in {data}")
     return chosen, manifest
+
+
+def sample_rows(task: str, source_indices: set[int], limit: int | None) -> set[int]:
+    """``limit`` of a task's source rows, chosen by a hash of (task, row): stable across runs,
+    machines and builds that hold the same rows, and blind to the rows' order and labels."""
+    if limit is None or limit >= len(source_indices):
+        return set(source_indices)
+
+    def key(index: int) -> bytes:
+        return hashlib.blake2b(f"{task}\x00{index}".encode(), digest_size=8).digest()
+
+    return set(sorted(source_indices, key=key)[:limit])
 
 
 def task_evaluations(manifest: dict[str, Any], tasks: set[str]) -> dict[str, dict[str, Any]]:

@@ -8,7 +8,15 @@ import sys
 
 import pytest
 
-from tests.helpers import FIXTURE_DATA, FIXTURE_TEMPLATES, REPO, make_recipe, train_recipe
+from tests.helpers import (
+    FIXTURE_DATA,
+    FIXTURE_TEMPLATES,
+    REPO,
+    SHARED_DATA,
+    make_recipe,
+    requires_shared_data,
+    train_recipe,
+)
 
 pytest.importorskip("torch")
 pytest.importorskip("evaluate")
@@ -376,3 +384,27 @@ def test_a_resumed_evaluation_keeps_each_models_provenance_and_the_total_wall_ti
     assert resumed["models"][0]["kind"] == "local" and resumed["models"][0]["source"]
     assert resumed["sessions"] == 2 and whole["sessions"] == 1
     assert resumed["wall_time_s"] >= 0.9 * first_session
+
+
+@requires_shared_data
+def test_limit_takes_a_sample_of_rows_not_the_sources_label_sorted_head(tmp_path):
+    """rotten_tomatoes' validation split lists its 533 positive reviews first: `--limit 20` must
+    still see both labels, the same source rows under every template, and a larger limit keeps
+    the smaller one's rows."""
+    from flan_builder.build import BuildConfig, build
+    from flan_builder.evaluation.rows import load_heldout
+
+    out = tmp_path / "sentiment"
+    build(BuildConfig(heldout="sentiment", out=out, data_dir=SHARED_DATA, max_eval_rows=200, eval_only=True))
+    small, _ = load_heldout(out, tasks=["rotten_tomatoes"], limit=20)
+    large, _ = load_heldout(out, tasks=["rotten_tomatoes"], limit=60)
+    everything, _ = load_heldout(out, tasks=["rotten_tomatoes"])
+    first = [r["source_index"] for r in everything[next(iter(everything))]][:20]
+    assert len({r["target"] for r in everything[next(iter(everything))] if r["source_index"] in first}) == 1
+    rows_by_template = {key: [r["source_index"] for r in rows] for key, rows in small.items()}
+    assert len(rows_by_template) == 10 and all(len(v) == 20 for v in rows_by_template.values())
+    assert len({tuple(v) for v in rows_by_template.values()}) == 1  # the same rows for every template
+    chosen = next(iter(rows_by_template.values()))
+    assert chosen == sorted(chosen)  # kept in source order
+    assert all(len({r["target"] for r in rows}) == 2 for rows in small.values())  # both labels
+    assert set(chosen) <= {r["source_index"] for r in large[next(iter(large))]}
