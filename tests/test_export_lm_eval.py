@@ -59,6 +59,8 @@ def nli_build(tmp_path_factory) -> Path:
 def test_rte_exports_one_task_per_template_and_groups_with_the_builds_rows_and_prompts(tmp_path, nli_build):
     from datasets import load_from_disk
 
+    from flan_builder.evaluation.rows import sample_order
+
     out = tmp_path / "lm-eval"
     manifest = _export(out, data_dir=SHARED_DATA, tasks=["super_glue_rte"], templates=3,
                        options=(True, False), separator=" ", max_eval_rows=EVAL_ROWS)
@@ -81,8 +83,10 @@ def test_rte_exports_one_task_per_template_and_groups_with_the_builds_rows_and_p
         data = Path(task["dataset_kwargs"]["data_files"][task["test_split"]])
         assert data.is_absolute() and data.parent == folder.resolve()
         docs, bare_docs = _jsonl(data), _jsonl(Path(bare["dataset_kwargs"]["data_files"]["test"]))
-        # the build's rows and prompts, in source order (what flan eval --limit takes first)
-        rows = sorted((r for r in built if r["template_id"] == template), key=lambda r: r["source_index"])
+        # the build's rows and prompts, in the order flan eval --limit takes them (its seeded sample)
+        by_index = {r["source_index"]: r for r in built if r["template_id"] == template}
+        rows = [by_index[i] for i in sample_order("super_glue_rte", by_index)]
+        assert [r["source_index"] for r in rows] != sorted(by_index)  # not the source order
         assert [d["source_index"] for d in docs] == [r["source_index"] for r in rows]
         assert [d["prompt"] for d in docs] == [r["prompt"] for r in rows]
         assert [d["prompt"] for d in bare_docs] == [r["input"] for r in rows]
@@ -185,7 +189,8 @@ def test_lm_eval_scores_the_export_as_flan_eval_does(tmp_path, nli_build, tiny_m
         name = f"flan_super_glue_rte_{record['template']}{'' if record['options'] else '_no_options'}"
         assert results[name]["acc,none"] * 100 == pytest.approx(record["scores"]["acc"], abs=1e-9), name
         ours = _jsonl(tmp_path / "report" / record["samples"])
-        samples = sorted(theirs["samples"][name], key=lambda s: s["doc_id"])
+        # the same rows (the export lists them in --limit's order, flan eval reports source order)
+        samples = sorted(theirs["samples"][name], key=lambda s: s["doc"]["source_index"])
         assert [s["doc"]["source_index"] for s in samples] == [o["source_index"] for o in ours]
         assert [s["doc"]["prompt"] for s in samples] == [o["prompt"] for o in ours]
         assert [s["acc"] for s in samples] == [o["acc"] for o in ours], name
@@ -224,7 +229,8 @@ def test_lm_eval_generates_the_same_answers_as_flan_eval(tmp_path, tiny_model_di
     for record in flan["records"]:
         name = f"flan_toy_qa_{record['template']}"
         ours = _jsonl(tmp_path / "report" / record["samples"])
-        samples = sorted(theirs["samples"][name], key=lambda s: s["doc_id"])
+        # the same rows (the export lists them in --limit's order, flan eval reports source order)
+        samples = sorted(theirs["samples"][name], key=lambda s: s["doc"]["source_index"])
         assert [s["filtered_resps"][0].strip() for s in samples] == [o["answer"] for o in ours], name
         for key in ("exact_match", "f1"):
             assert theirs["results"][name][f"{key},none"] == pytest.approx(record["scores"][key], abs=1e-9)

@@ -188,6 +188,7 @@ def _variant(use_options: bool) -> tuple[str, str]:
 def export_lm_eval(config: ExportConfig, registry: Registry | None = None) -> dict[str, Any]:
     """Write the lm-eval tasks, groups and rendered rows to ``config.out`` atomically; return the manifest."""
     from flan_builder.atomic import atomic_directory, check_output_free
+    from flan_builder.evaluation.rows import sample_order
     from flan_builder.manifest import command_line, content_hash, package_versions
     from flan_builder.mixing import pool_indices, task_rng
     from flan_builder.progress import progress
@@ -212,9 +213,10 @@ def export_lm_eval(config: ExportConfig, registry: Registry | None = None) -> di
             choice = evaluation.output_type == "multiple_choice"
             keys = ["acc", "acc_norm"] if choice else list(metric_facts(evaluation.metric).keys)
             rows = load_split(spec, "eval", config.data_dir)
-            # the held-out rows flan build keeps: all, or its seeded sample (in source order)
-            indices = pool_indices(len(rows), config.max_eval_rows or len(rows),
-                                   task_rng(config.seed, spec.name, "eval"))
+            # the held-out rows flan build keeps (all, or its seeded sample), in the order flan
+            # eval's --limit takes them, so that lm-eval's --limit N scores the same N rows
+            indices = sample_order(spec.name, pool_indices(len(rows), config.max_eval_rows or len(rows),
+                                                           task_rng(config.seed, spec.name, "eval")))
             picked = rows.take(indices)
             renderer = TaskRenderer(spec, with_options=True)
             chosen = [i for i, t in enumerate(spec.templates) if not t.inverted][:config.templates]

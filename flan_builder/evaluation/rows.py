@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -52,16 +53,23 @@ def load_heldout(data: Path, *, tasks: list[str] | None = None, template_filter:
     return chosen, manifest
 
 
-def sample_rows(task: str, source_indices: set[int], limit: int | None) -> set[int]:
-    """``limit`` of a task's source rows, chosen by a hash of (task, row): stable across runs,
-    machines and builds that hold the same rows, and blind to the rows' order and labels."""
-    if limit is None or limit >= len(source_indices):
-        return set(source_indices)
+def sample_order(task: str, source_indices: Iterable[int]) -> list[int]:
+    """A task's source rows in the order ``--limit`` takes them: by a hash of (task, row), so
+    stable across runs, machines and builds that hold the same rows, and blind to the rows'
+    order and labels. `flan export lm-eval` writes its docs in this order, so lm-eval's own
+    ``--limit N`` takes the same rows."""
 
     def key(index: int) -> bytes:
         return hashlib.blake2b(f"{task}\x00{index}".encode(), digest_size=8).digest()
 
-    return set(sorted(source_indices, key=key)[:limit])
+    return sorted(source_indices, key=key)
+
+
+def sample_rows(task: str, source_indices: set[int], limit: int | None) -> set[int]:
+    """``limit`` of a task's source rows (the first ``limit`` in `sample_order`)."""
+    if limit is None or limit >= len(source_indices):
+        return set(source_indices)
+    return set(sample_order(task, source_indices)[:limit])
 
 
 def task_evaluations(manifest: dict[str, Any], tasks: set[str]) -> dict[str, dict[str, Any]]:
