@@ -270,6 +270,9 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> T
         "tokens_seen": trainer.tokens_seen,
         "resumed_from": str(checkpoint) if checkpoint else None,
         "padding_free": padding_free,
+        # what the loss covered: FLAN's is the completion only (runs before 09a78e1 lack this
+        # field and scored the prompt too)
+        "completion_only_loss": bool(trainer.completion_only_loss),
         "init": recipe.train["init"],
         "packing": bool(recipe.sft.get("packing")),
         "compact_lm_head": trainer.compact_lm_head,

@@ -234,7 +234,7 @@ def test_only_the_completion_is_trained_on(tmp_path, tiny_model_dir, toy_build, 
     monkeypatch.setattr(sft.FlanSFTTrainer, "training_step", recording)
     result = train_recipe(make_recipe(tmp_path, tiny_model_dir, toy_build),
                           ["sft.train_sampling_strategy=sequential", f"train.padding_free={padding_free}"])
-    assert result.manifest["padding_free"] is padding_free
+    assert result.manifest["padding_free"] is padding_free and result.manifest["completion_only_loss"] is True
     rows = load_training_data(toy_build, "nli", tokenizer, 96).dataset
     batches = [list(range(start, min(start + 4, len(rows)))) for start in range(0, len(rows), 4)]
     batches = (batches * len(scored))[:len(scored)]  # in order, epoch after epoch
