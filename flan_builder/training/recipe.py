@@ -106,8 +106,8 @@ _TRAIN: _Schema = {
     # instead of its pretrained ones; what pretraining buys (flan lift --init random).
     "init": ((str,), one_of("pretrained", "random"), "pretrained"),
     # Hand the memory glibc's malloc keeps after each optimizer step back to the system
-    # (malloc_trim): padding-free micro-batches differ in length, so their freed activations
-    # leave holes a later, longer one cannot reuse, and RSS creeps up (bench/train_memory.py).
+    # (malloc_trim): it keeps the freed activations' pages, about twice what is in use between
+    # steps. Halves the RSS between steps; not the peak inside one (bench/RESULTS.md).
     "release_memory": ((bool,), None, True),
 }
 

@@ -19,7 +19,6 @@ TRL's and transformers' own.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import json
 import time
 import types
@@ -147,14 +146,15 @@ class _SaveRunTotals(TrainerCallback):
 
 
 def malloc_trim() -> Any | None:
-    """glibc's ``malloc_trim``, or None where the C library is not glibc (macOS, musl)."""
-    name = ctypes.util.find_library("c")
+    """glibc's ``malloc_trim``, or None where the C library is not glibc (macOS, musl).
+
+    Looked up among the symbols this process already has loaded (``CDLL(None)``), not with
+    ``ctypes.util.find_library``, which runs ``ldconfig`` in a subprocess."""
     try:
-        function = ctypes.CDLL(name).malloc_trim if name else None
+        function = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
         return None
-    if function is not None:
-        function.argtypes, function.restype = [ctypes.c_size_t], ctypes.c_int
+    function.argtypes, function.restype = [ctypes.c_size_t], ctypes.c_int
     return function
 
 
