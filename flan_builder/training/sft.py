@@ -4,7 +4,7 @@
   label is not -100, yet TRL projects every position through the LM head unless Triton
   is available. For a 135M model with a 49k vocabulary the LM head is a fifth of the
   forward, and prompts are most of each sequence. We project only the scored positions,
-  on every device.
+  on every device, a chunk of them at a time (``chunked_head``).
 * A progress bar that shows loss and tokens/s instead of printing a dict per log step.
 * Freed memory handed back after each optimizer step (``release_memory``): glibc's malloc
   keeps what PyTorch frees, and micro-batches of different lengths fragment it.
@@ -31,6 +31,7 @@ from trl import SFTTrainer
 from trl.trainer.utils import FusedCausalLMOutput
 
 from flan_builder.lm.scoring import cache_keyword
+from flan_builder.training.chunked_head import completion_log_probs
 
 
 def _supports_compact_head(model: Any) -> bool:
@@ -69,12 +70,16 @@ def install_compact_lm_head(model: Any) -> bool:
         labels = labels.to(head.weight.device)
         mask = labels != -100
         targets = labels[mask]
-        logits = head(hidden.to(head.weight.device)[mask]).float()
-        log_softmax = logits.log_softmax(-1)
-        picked = log_softmax.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        with torch.no_grad():
-            entropy = -(log_softmax.exp() * log_softmax).sum(-1)
-            is_top1 = (logits.argmax(-1) == targets).to(logits.dtype)
+        selected = hidden.to(head.weight.device)[mask]
+        if type(head) is torch.nn.Linear:  # a chunk of positions at a time: never all the logits
+            picked, entropy, is_top1 = completion_log_probs(selected, head, targets)
+        else:  # a wrapped head (an adapter on the LM head itself): through its own forward
+            logits = head(selected).float()
+            log_softmax = logits.log_softmax(-1)
+            picked = log_softmax.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+            with torch.no_grad():
+                entropy = -(log_softmax.exp() * log_softmax).sum(-1)
+                is_top1 = (logits.argmax(-1) == targets).to(logits.dtype)
 
         def spread(values: torch.Tensor) -> torch.Tensor:
             # masked_scatter keeps an all-masked batch connected to the graph (a zero loss, not an error)
