@@ -46,10 +46,13 @@
 #   TORCH_SPEC torch==2.13.0 (the version tested on CPU here)   TORCH_INDEX_URL (e.g. .../whl/cu126)
 #   GPU_PEAK_TFLOPS  dense bf16 peak for MFU when the GPU is not in bench/gpu_summary.py's table
 #
-# Budget (one H100/H200, not yet measured): install 0-3 min (0 when torch with CUDA is there),
-# build ~15 s, per run ~1 min of model load + tokenizing + 600 steps x 64 rows (~38k rows,
-# ~3M tokens: ~1-2 min at 25-50k tokens/s), evaluation ~30 s per model. Optional runs start
-# only while the clock allows; timeline.tsv records every phase to recalibrate STEPS.
+# Budget, measured on one H200 (2026-11-30, bench/RESULTS.md): install checks ~60 s with torch
+# already there, build 6 s; gemma3-270m 500 steps x 64 rows (2.4M tokens) 115 s of training for
+# LoRA, 86 s full (23-28k tokens/s), ~190 s per run with the one-time GGUF assembly, loading
+# and tokenizing; evaluation ~30 s for a base and one tuned run (3,270 pairs each). Optional
+# runs start only while the clock allows; timeline.tsv records every phase.
+# Offline (no network on the GPU machine): carry the wheels the image lacks and the model's
+# packages, pip install them with --target DIR, export PYTHONPATH=DIR and FLAN_PYTHON=python3.
 set -euo pipefail
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
