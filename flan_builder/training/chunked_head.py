@@ -7,12 +7,12 @@ copy on a GPU; with SmolLM2 on a CPU a few hundred MB per micro-batch. Here each
 positions is projected, reduced to its log-probability, entropy and top-1 hit, and freed before
 the next, so only a chunk's logits ever exist.
 
-The gradient of log p(label) with respect to the logits is ``onehot(label) - softmax``. When the
-head is frozen (LoRA and the other adapters) the forward pass already holds both, so it stores
-the per-position gradient with respect to the hidden state (positions x hidden, small) and the
-backward pass only scales it: no matmul is repeated. When the head trains (full fine-tuning) its
-weight gradient needs the incoming per-position gradients, so the backward pass projects each
-chunk again (one more head matmul, instead of keeping the logits).
+The gradient of log p(label) with respect to the logits is ``onehot(label) - softmax``, which the
+forward pass already holds chunk by chunk. So the forward pass also forms the gradients with
+respect to the hidden states (positions x hidden, small) and, when the head trains, its weight,
+as if every position's loss weighed the same. That is the case for the mean token loss (TRL's
+default): the backward pass then only scales them, and no matmul is repeated. Any other
+per-position weighting (TRL's DFT loss) makes the backward pass project each chunk again.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 # Logit elements (float32) per chunk: bounded memory, yet large enough matmuls to run at speed.
-CHUNK_ELEMENTS = {"cpu": 2**24, "cuda": 2**28}  # 64 MiB on a CPU, 1 GiB on a GPU
+CHUNK_ELEMENTS = {"cpu": 2**25, "cuda": 2**28}  # 128 MiB on a CPU, 1 GiB on a GPU
 
 
 def chunk_rows(vocabulary: int, device: torch.device) -> int:
@@ -39,72 +39,84 @@ class ChunkedLogProbs(torch.autograd.Function):
         device_type = hidden.device.type
         ctx.autocast = (device_type, torch.is_autocast_enabled(device_type),
                         torch.get_autocast_dtype(device_type))
-        head_trains = weight.requires_grad or (bias is not None and bias.requires_grad)
+        ctx.rows = rows
         positions = hidden.shape[0]
         log_probs = hidden.new_empty(positions, dtype=torch.float32)
         entropy, is_top1 = torch.empty_like(log_probs), torch.empty_like(log_probs)
         lse = torch.empty_like(log_probs)
-        # d log p / d hidden, kept when the head is frozen (backward then just scales it)
-        keep_grad = ctx.needs_input_grad[0] and not head_trains
-        grad_hidden = torch.empty_like(hidden) if keep_grad else None
+        # Gradients of sum(log p) (every position weighing 1), formed while the chunk is at hand.
+        wants = ctx.needs_input_grad
+        grad_hidden = torch.empty_like(hidden) if wants[0] else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
+            if wants[1] else None
+        grad_bias = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) \
+            if bias is not None and wants[2] else None
         for start in range(0, positions, rows):
             end = min(start + rows, positions)
-            logits = torch.nn.functional.linear(hidden[start:end], weight, bias).float()
-            target = targets[start:end]
+            chunk, target = hidden[start:end], targets[start:end]
+            logits = torch.nn.functional.linear(chunk, weight, bias).float()
             chunk_lse = torch.logsumexp(logits, dim=-1)
-            picked = logits.gather(-1, target.unsqueeze(-1)).squeeze(-1)
             lse[start:end] = chunk_lse
-            log_probs[start:end] = picked - chunk_lse
+            log_probs[start:end] = logits.gather(-1, target.unsqueeze(-1)).squeeze(-1) - chunk_lse
             is_top1[start:end] = (logits.argmax(-1) == target).float()
             log_softmax = logits.sub_(chunk_lse.unsqueeze(-1))  # in place: the logits are done
-            probs = log_softmax.exp()
-            entropy[start:end] = -(probs * log_softmax).sum(-1)
-            del log_softmax
-            if grad_hidden is not None:
-                probs.neg_()[torch.arange(end - start, device=probs.device), target] += 1.0
-                grad_hidden[start:end] = (probs.to(weight.dtype) @ weight).to(hidden.dtype)
-            del logits, probs
-        ctx.rows = rows
-        if head_trains:
-            ctx.save_for_backward(hidden, weight, bias, targets, lse)
-        else:
-            ctx.save_for_backward(grad_hidden)
-        ctx.head_trains = head_trains
+            grad = log_softmax.exp()
+            entropy[start:end] = -(grad * log_softmax).sum(-1)
+            del logits, log_softmax
+            grad.neg_()[torch.arange(end - start, device=grad.device), target] += 1.0  # onehot - p
+            _accumulate(grad, chunk, weight, grad_hidden, grad_weight, grad_bias, start, end)
+            del grad
+        ctx.save_for_backward(hidden, weight, bias, targets, lse)
+        ctx.unit_grads = (grad_hidden, grad_weight, grad_bias)
         ctx.mark_non_differentiable(entropy, is_top1)
         return log_probs, entropy, is_top1
 
     @staticmethod
     def backward(ctx: Any, grad_log_probs: torch.Tensor, *_: Any) -> tuple[Any, ...]:
-        if not ctx.head_trains:
-            (grad_hidden,) = ctx.saved_tensors
-            if grad_hidden is None:
-                return None, None, None, None, None
-            scale = grad_log_probs.to(grad_hidden.dtype).unsqueeze(-1)
-            return grad_hidden * scale, None, None, None, None
         hidden, weight, bias, targets, lse = ctx.saved_tensors
-        device_type, enabled, dtype = ctx.autocast
-        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
-        grad_bias = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) \
-            if bias is not None else None
-        with torch.autocast(device_type, dtype=dtype, enabled=enabled):
-            for start in range(0, hidden.shape[0], ctx.rows):
-                end = min(start + ctx.rows, hidden.shape[0])
-                chunk = hidden[start:end]
-                logits = torch.nn.functional.linear(chunk, weight, bias).float()
-                grad = logits.sub_(lse[start:end].unsqueeze(-1)).exp_().neg_()  # -softmax
-                grad[torch.arange(end - start, device=grad.device), targets[start:end]] += 1.0
-                grad.mul_(grad_log_probs[start:end].float().unsqueeze(-1))
-                if grad_hidden is not None:
-                    grad_hidden[start:end] = (grad.to(weight.dtype) @ weight).to(hidden.dtype)
-                grad_weight.add_(grad.t() @ chunk.float())
-                if grad_bias is not None:
-                    grad_bias.add_(grad.sum(0))
-                del logits, grad
-        grad_weight = grad_weight.to(weight.dtype) if ctx.needs_input_grad[1] else None
+        grad_hidden, grad_weight, grad_bias = ctx.unit_grads
+        ctx.unit_grads = None
+        if grad_log_probs.numel() and bool((grad_log_probs == grad_log_probs[0]).all()):
+            scale = grad_log_probs[0]  # every position weighs the same: scale what forward formed
+            if grad_hidden is not None:
+                grad_hidden.mul_(scale.to(grad_hidden.dtype))
+            if grad_weight is not None:
+                grad_weight.mul_(scale)
+            if grad_bias is not None:
+                grad_bias.mul_(scale)
+        elif grad_log_probs.numel():  # unequal weights: project each chunk again
+            if grad_weight is not None:
+                grad_weight.zero_()
+            if grad_bias is not None:
+                grad_bias.zero_()
+            device_type, enabled, dtype = ctx.autocast
+            with torch.autocast(device_type, dtype=dtype, enabled=enabled):
+                for start in range(0, hidden.shape[0], ctx.rows):
+                    end = min(start + ctx.rows, hidden.shape[0])
+                    chunk = hidden[start:end]
+                    logits = torch.nn.functional.linear(chunk, weight, bias).float()
+                    grad = logits.sub_(lse[start:end].unsqueeze(-1)).exp_().neg_()  # -softmax
+                    grad[torch.arange(end - start, device=grad.device), targets[start:end]] += 1.0
+                    grad.mul_(grad_log_probs[start:end].float().unsqueeze(-1))
+                    _accumulate(grad, chunk, weight, grad_hidden, grad_weight, grad_bias, start, end)
+                    del logits, grad
+        if grad_weight is not None:
+            grad_weight = grad_weight.to(weight.dtype)
         if grad_bias is not None:
-            grad_bias = grad_bias.to(bias.dtype) if ctx.needs_input_grad[2] else None
+            grad_bias = grad_bias.to(bias.dtype)
         return grad_hidden, grad_weight, grad_bias, None, None
+
+
+def _accumulate(grad: torch.Tensor, chunk: torch.Tensor, weight: torch.Tensor,
+                grad_hidden: torch.Tensor | None, grad_weight: torch.Tensor | None,
+                grad_bias: torch.Tensor | None, start: int, end: int) -> None:
+    """Add one chunk's d/d logits (``grad``, float32) into the input gradients."""
+    if grad_hidden is not None:
+        grad_hidden[start:end] = (grad.to(weight.dtype) @ weight).to(grad_hidden.dtype)
+    if grad_weight is not None:
+        grad_weight.addmm_(grad.t(), chunk.float())  # in place: no chunk-sized product to add
+    if grad_bias is not None:
+        grad_bias.add_(grad.sum(0))
 
 
 def completion_log_probs(hidden: torch.Tensor, head: torch.nn.Linear, targets: torch.Tensor,

@@ -15,14 +15,17 @@ def reference(hidden, weight, bias, targets):
     return picked, entropy.detach(), (logits.argmax(-1) == targets).float()
 
 
-def inputs(positions=37, width=16, vocabulary=50, head_trains=False, with_bias=False, seed=0):
+def inputs(positions=37, width=16, vocabulary=50, head_trains=False, with_bias=False, seed=0,
+           uniform=False):
     generator = torch.Generator().manual_seed(seed)
     hidden = torch.randn(positions, width, generator=generator, requires_grad=True)
     weight = torch.randn(vocabulary, width, generator=generator).requires_grad_(head_trains)
     bias = torch.randn(vocabulary, generator=generator).requires_grad_(head_trains) if with_bias else None
     targets = torch.randint(vocabulary, (positions,), generator=generator)
-    # Unequal weights per position: the backward pass must scale each position on its own.
-    upstream = torch.rand(positions, generator=generator)
+    # Equal weights per position (the mean token loss: forward's gradients are scaled) or unequal
+    # ones (TRL's DFT loss: the backward pass must weigh each position on its own).
+    upstream = torch.full((positions,), -1 / max(positions, 1)) if uniform else \
+        torch.rand(positions, generator=generator)
     return hidden, weight, bias, targets, upstream
 
 
@@ -31,11 +34,13 @@ def grads(tensors, loss):
     return torch.autograd.grad(loss, wanted)
 
 
+@pytest.mark.parametrize("uniform", [True, False], ids=["mean-loss", "unequal-weights"])
 @pytest.mark.parametrize("head_trains", [False, True], ids=["frozen-head", "trained-head"])
 @pytest.mark.parametrize("with_bias", [False, True], ids=["no-bias", "bias"])
 @pytest.mark.parametrize("rows", [1, 8, 37, 100])
-def test_chunks_give_the_whole_computation_values_and_gradients(head_trains, with_bias, rows):
-    hidden, weight, bias, targets, upstream = inputs(head_trains=head_trains, with_bias=with_bias)
+def test_chunks_give_the_whole_computation_values_and_gradients(head_trains, with_bias, rows, uniform):
+    hidden, weight, bias, targets, upstream = inputs(head_trains=head_trains, with_bias=with_bias,
+                                                     uniform=uniform)
     expected = reference(hidden, weight, bias, targets)
     got = ChunkedLogProbs.apply(hidden, weight, bias, targets, rows)
     for name, a, b in zip(("log_probs", "entropy", "is_top1"), got, expected):
@@ -56,8 +61,10 @@ def test_no_positions_give_an_empty_result_and_an_empty_gradient():
     assert grad.shape == hidden.shape
 
 
-def test_under_bf16_autocast_it_matches_autocast_autograd():
-    hidden, weight, bias, targets, upstream = inputs(head_trains=True, width=32, vocabulary=300)
+@pytest.mark.parametrize("uniform", [True, False], ids=["mean-loss", "unequal-weights"])
+def test_under_bf16_autocast_it_matches_autocast_autograd(uniform):
+    hidden, weight, bias, targets, upstream = inputs(head_trains=True, width=32, vocabulary=300,
+                                                     uniform=uniform)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         expected = reference(hidden, weight, bias, targets)[0]
         got = ChunkedLogProbs.apply(hidden, weight, bias, targets, 7)[0]
@@ -70,7 +77,7 @@ def test_under_bf16_autocast_it_matches_autocast_autograd():
 
 
 def test_chunk_rows_bound_the_logits_a_chunk_holds():
-    assert chunk_rows(262_144, torch.device("cpu")) == 64  # 64 MiB of float32 logits
-    assert chunk_rows(49_152, torch.device("cpu")) == 341
+    assert chunk_rows(262_144, torch.device("cpu")) == 128  # 128 MiB of float32 logits
+    assert chunk_rows(49_152, torch.device("cpu")) == 682
     assert chunk_rows(262_144, torch.device("cuda")) == 1024
     assert chunk_rows(10**9, torch.device("cpu")) == 1
