@@ -32,6 +32,8 @@ steps meet the full run's peak:
 
     .venv/bin/python bench/train_memory.py --dataset build/heldout-nli --plan /tmp/plan.json
     .venv/bin/python bench/train_memory.py --dataset build/heldout-nli --whole --plan /tmp/plan.json --worst 8
+
+``--set KEY=VALUE`` adds a recipe override to every configuration (``--set model=gemma3-270m``).
 """
 
 from __future__ import annotations
@@ -324,6 +326,8 @@ def _child_args(args: argparse.Namespace, name: str) -> list[str]:
         command += ["--plan", args.plan]
     if args.worst:
         command += ["--worst", str(args.worst)]
+    for setting in args.set:
+        command += ["--set", setting]
     return command
 
 
@@ -361,6 +365,8 @@ def main() -> None:
     parser.add_argument("--worst", type=int, default=0,
                         help="train over the N heaviest micro-batches of --plan (by tokens and by "
                              "completion tokens)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a recipe override added to every configuration (e.g. model=gemma3-270m)")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -370,7 +376,7 @@ def main() -> None:
         args.steps = 6
     if args.child:
         plan_out = args.plan if args.plan and not args.worst else None
-        result = run_one(args.recipe, args.dataset, args.steps, CONFIGS[args.child],
+        result = run_one(args.recipe, args.dataset, args.steps, CONFIGS[args.child] + args.set,
                          whole=args.whole or bool(plan_out), build=args.build, plan_out=plan_out,
                          plan_in=args.plan if args.worst else None, worst=args.worst)
         print("RESULT " + json.dumps(result))
