@@ -234,6 +234,8 @@ def large_benchmark(args: argparse.Namespace) -> dict:
     if args.templates_dir is not None:
         common += ["--templates-dir", str(args.templates_dir.resolve()), "--no-shipped-templates"]
     results: dict = {"baseline": [], "streamed": [], "scale": []}
+    if args.work_dir is not None:
+        Path(args.work_dir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.work_dir) as tmp:
         out = Path(tmp) / "out"
         for _ in range(args.repeats):  # interleaved: load on the machine hits both alike
