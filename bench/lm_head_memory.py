@@ -90,7 +90,7 @@ def main() -> None:
                                          capture_output=True, text=True, check=True).stdout
                     results.append(json.loads(out.strip().splitlines()[-1]))
                     print(results[-1], flush=True)
-    print(f"\n| model | head | way | extra peak RSS MiB | forward + backward s |\n|---|---|---|---:|---:|")
+    print("\n| model | head | way | extra peak RSS MiB | forward + backward s |\n|---|---|---|---:|---:|")
     for model in SHAPES:
         for head_trains in (False, True):
             for way in ("whole", "chunked"):

@@ -43,13 +43,13 @@ def test_chunks_give_the_whole_computation_values_and_gradients(head_trains, wit
                                                      uniform=uniform)
     expected = reference(hidden, weight, bias, targets)
     got = ChunkedLogProbs.apply(hidden, weight, bias, targets, rows)
-    for name, a, b in zip(("log_probs", "entropy", "is_top1"), got, expected):
+    for name, a, b in zip(("log_probs", "entropy", "is_top1"), got, expected, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=name)
     assert not got[1].requires_grad and not got[2].requires_grad
     want = grads((hidden, weight, bias), (expected[0] * upstream).sum())
     have = grads((hidden, weight, bias), (got[0] * upstream).sum())
     assert len(have) == (3 if head_trains and with_bias else 2 if head_trains else 1)
-    for a, b in zip(have, want):
+    for a, b in zip(have, want, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
@@ -71,7 +71,7 @@ def test_under_bf16_autocast_it_matches_autocast_autograd(uniform):
     torch.testing.assert_close(got, expected, atol=0.05, rtol=0.02)
     want = grads((hidden, weight), (expected * upstream).sum())
     have = grads((hidden, weight), (got * upstream).sum())
-    for a, b in zip(have, want):
+    for a, b in zip(have, want, strict=True):
         assert a.dtype == b.dtype
         torch.testing.assert_close(a, b, atol=0.05, rtol=0.05)
 
