@@ -29,23 +29,10 @@ def rss_peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def whole_logits(hidden, weight, targets):
-    """The compact head before chunking: every position's logits at once."""
-    import torch
-
-    logits = torch.nn.functional.linear(hidden, weight).float()
-    log_softmax = logits.log_softmax(-1)
-    picked = log_softmax.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    with torch.no_grad():
-        entropy = -(log_softmax.exp() * log_softmax).sum(-1)
-        is_top1 = (logits.argmax(-1) == targets).float()
-    return picked, entropy, is_top1
-
-
 def child(way: str, model: str, positions: int, head_trains: bool) -> dict:
     import torch
 
-    from flan_builder.training.chunked_head import completion_log_probs
+    from flan_builder.training.chunked_head import completion_log_probs, whole_log_probs
 
     torch.manual_seed(0)
     vocabulary, width = SHAPES[model]
@@ -58,7 +45,7 @@ def child(way: str, model: str, positions: int, head_trains: bool) -> dict:
     base = rss_peak_mib()
     start = time.perf_counter()
     if way == "whole":
-        picked, _, _ = whole_logits(hidden, head.weight, targets)
+        picked, _, _ = whole_log_probs(head(hidden), targets)  # the compact head before chunks
     else:
         picked, _, _ = completion_log_probs(hidden, head, targets)
     (-picked.sum() / positions).backward()

@@ -2,7 +2,7 @@
 
 The loss needs one number per scored position, log p(label), yet autograd keeps the whole
 (positions x vocabulary) float32 logits, their log-softmax and both gradients alive at once. With
-a 262,144-word vocabulary (Gemma 3) and 64 rows of up to 447 completion tokens that is ~30 GB a
+a 262,144-word vocabulary (Gemma 3) and 64 rows of up to 376 completion tokens that is ~25 GB a
 copy on a GPU; with SmolLM2 on a CPU a few hundred MB per micro-batch. Here each chunk of
 positions is projected, reduced to its log-probability, entropy and top-1 hit, and freed before
 the next, so only a chunk's logits ever exist.
@@ -117,6 +117,19 @@ def _accumulate(grad: torch.Tensor, chunk: torch.Tensor, weight: torch.Tensor,
         grad_weight.addmm_(grad.t(), chunk.float())  # in place: no chunk-sized product to add
     if grad_bias is not None:
         grad_bias.add_(grad.sum(0))
+
+
+def whole_log_probs(logits: torch.Tensor, targets: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The same three from logits already computed for every position at once (a head that is
+    not a plain ``nn.Linear``, e.g. an adapter on the LM head itself)."""
+    logits = logits.float()
+    log_softmax = logits.log_softmax(-1)
+    picked = log_softmax.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    with torch.no_grad():
+        entropy = -(log_softmax.exp() * log_softmax).sum(-1)
+        is_top1 = (logits.argmax(-1) == targets).to(logits.dtype)
+    return picked, entropy, is_top1
 
 
 def completion_log_probs(hidden: torch.Tensor, head: torch.nn.Linear, targets: torch.Tensor,

@@ -31,7 +31,7 @@ from trl import SFTTrainer
 from trl.trainer.utils import FusedCausalLMOutput
 
 from flan_builder.lm.scoring import cache_keyword
-from flan_builder.training.chunked_head import completion_log_probs
+from flan_builder.training.chunked_head import completion_log_probs, whole_log_probs
 
 
 def _supports_compact_head(model: Any) -> bool:
@@ -74,12 +74,7 @@ def install_compact_lm_head(model: Any) -> bool:
         if type(head) is torch.nn.Linear:  # a chunk of positions at a time: never all the logits
             picked, entropy, is_top1 = completion_log_probs(selected, head, targets)
         else:  # a wrapped head (an adapter on the LM head itself): through its own forward
-            logits = head(selected).float()
-            log_softmax = logits.log_softmax(-1)
-            picked = log_softmax.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-            with torch.no_grad():
-                entropy = -(log_softmax.exp() * log_softmax).sum(-1)
-                is_top1 = (logits.argmax(-1) == targets).to(logits.dtype)
+            picked, entropy, is_top1 = whole_log_probs(head(selected), targets)
 
         def spread(values: torch.Tensor) -> torch.Tensor:
             # masked_scatter keeps an all-masked batch connected to the graph (a zero loss, not an error)
