@@ -24,6 +24,7 @@ LIFT's other experiments (modes of the same run and report):
   flan lift --dataset iris --train-sizes 10,20,50,120 --out reports/iris-sizes    # sample-size curves
   flan lift --dataset iris --init random --out reports/iris-init     # pretrained vs random init
   flan lift --dataset iris --in-context 8 --out reports/iris-icl     # k demonstrations, no tuning
+  flan lift --dataset iris --model smollm2-135m,gemma3-270m --init random --out reports/iris-2   # two models
 """
 
 
@@ -59,7 +60,8 @@ def cmd_lift(args: argparse.Namespace) -> int:
     quiet_library_logs()
     results = run_lift(LiftConfig(
         out=Path(args.out), dataset=args.dataset, csv=Path(args.csv) if args.csv else None,
-        target=args.target, kind=args.kind, model=args.model, names=args.names, seeds=args.seeds,
+        target=args.target, kind=args.kind, model=args.model[0], other_models=args.model[1:],
+        names=args.names, seeds=args.seeds,
         recipe=resolve(args.recipe, "train"), overrides=list(args.set or []), templates=args.templates,
         with_options=not args.no_options, base=not args.no_base, batch_size=args.batch_size,
         digits=args.digits, overwrite=args.overwrite, extend=args.extend, proxy_base=args.proxy_base,
@@ -89,7 +91,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="with --csv (default: regression for a numeric column with >20 values)")
     parser.add_argument("--task", dest="old_task", help=argparse.SUPPRESS)  # renamed: --kind
     parser.add_argument("--out", required=True, help="report directory (written atomically at the end)")
-    parser.add_argument("--model", default="smollm2-135m", help="alias, .gguf file, model dir or Hub id")
+    parser.add_argument("--model", type=comma_list, default=["smollm2-135m"], metavar="MODEL[,MODEL...]",
+                        help="alias, .gguf file, model dir or Hub id; a comma list trains and scores each "
+                             "the same way, side by side in one report (with --extend: adds a model)")
     parser.add_argument("--names", type=comma_list, default=["names"], metavar="MODES",
                         help="feature names: names, generic (x1, x2, ...), shuffled; a comma list runs "
                              "the ablation in one table")

@@ -13,7 +13,8 @@ LIFT's other experiments are modes of the same run: a synthetic function instead
 (``function``: LIFT's families or an expression of x1, x2; ``sources/functions.py``), nested
 training subsets sharing one test split (``train_sizes``), the same architecture trained from
 random weights beside the pretrained one (``random_init``), and the untuned model given k
-serialised training rows as demonstrations (``in_context``), scored like the tuned one.
+serialised training rows as demonstrations (``in_context``), scored like the tuned one. Several
+models (``model`` and ``other_models``) each get every one of these rows, side by side.
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ class LiftConfig:
     target: str | None = None  # ... and the column to predict
     kind: str | None = None  # classification / regression (a file's default: guessed)
     model: str = "smollm2-135m"
+    # More models trained and scored the same way beside ``model``, one set of rows each (the
+    # report's first model names its run folders; the others' carry their own name).
+    other_models: list[str] = field(default_factory=list)
     names: list[str] = field(default_factory=lambda: ["names"])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     recipe: Path = LIFT_RECIPE
@@ -199,6 +203,17 @@ def _suffix(size: int | None) -> str:
     return "" if size is None else f"-n{size}"
 
 
+def model_tag(model: str) -> str:
+    """A model's short name: an alias as it is, a folder or file by its last path part."""
+    return Path(model.rstrip("/")).name or model
+
+
+def _run_name(model: str, first_model: str, mode: str, seed: int, size: int | None) -> str:
+    """A tuned run's folder: the report's first model's runs keep the plain name they always had."""
+    prefix = "" if model == first_model else re.sub(r"[^A-Za-z0-9_.-]+", "_", model_tag(model)) + "-"
+    return f"{prefix}{mode}-seed{seed}{_suffix(size)}"
+
+
 # -- one (mode, seed) ----------------------------------------------------------------------------
 
 def _build(spec: TaskSpec, seed: int, out: Path, with_options: bool, templates: int | None) -> Path:
@@ -213,14 +228,15 @@ def _build(spec: TaskSpec, seed: int, out: Path, with_options: bool, templates: 
 
 
 def _train(config: LiftConfig, dataset: Path, seed: int, out: Path,
-           random_init: bool = False) -> dict[str, Any]:
+           random_init: bool = False, model: str | None = None) -> dict[str, Any]:
     from flan_builder.training.job import RUN_MANIFEST, train
     from flan_builder.training.recipe import load_recipe
 
     if (out / RUN_MANIFEST).is_file():
         return json.loads((out / RUN_MANIFEST).read_text(encoding="utf-8"))
-    overrides = [*config.overrides, f"model={config.model}", f"output={out}", f"dataset.path={dataset}",
-                 "heldout=none", f"sft.seed={seed}", *(["train.init=random"] if random_init else [])]
+    overrides = [*config.overrides, f"model={model or config.model}", f"output={out}",
+                 f"dataset.path={dataset}", "heldout=none", f"sft.seed={seed}",
+                 *(["train.init=random"] if random_init else [])]
     recipe = load_recipe(config.recipe, overrides)
     resume = partial_dir(out).is_dir() and any((partial_dir(out) / "checkpoints").glob("checkpoint-*"))
     return train(recipe, resume=resume, overwrite=not resume).manifest
@@ -371,6 +387,15 @@ def _check_config(config: LiftConfig) -> None:
     if config.in_context is not None and config.in_context < 1:
         raise FlanError(f"--in-context takes the number of demonstrations, at least 1 "
                         f"(got {config.in_context})")
+    models = [config.model, *config.other_models]
+    if len(set(models)) < len(models):
+        raise FlanError(f"--model lists a model twice ({','.join(models)})")
+    tags = [model_tag(m) for m in models]
+    if len(set(tags)) < len(tags):
+        raise FlanError(f"--model: two models share the name {next(t for t in tags if tags.count(t) > 1)!r} "
+                        "in the report; give them folders with different names")
+    if config.proxy_base and config.other_models:
+        raise FlanError("--proxy-base steers with one tuned model: give one --model (the expert's base)")
 
 
 def _size_order(size: int | None) -> float:
@@ -396,8 +421,8 @@ def run_lift(config: LiftConfig) -> dict[str, Any]:
     try:
         spec = task_spec(config, work)
         # the report covers these; this invocation trains only config.names x config.seeds x sizes
-        all_names, all_seeds, all_sizes = _adopt_report(config, spec, work, sizes) if config.extend else \
-            (config.names, config.seeds, sizes)
+        all_models, all_names, all_seeds, all_sizes = _adopt_report(config, spec, work, sizes) \
+            if config.extend else ([config.model, *config.other_models], config.names, config.seeds, sizes)
         source = spec.source.tabular or {}
         table = load_table(source, base=spec.path.parent)
         # seed -> (train, test) row indices; a split that cannot be made fails now, before any training
@@ -420,25 +445,28 @@ def run_lift(config: LiftConfig) -> dict[str, Any]:
 
     for seed, (_, test_idx) in splits.items():
         for size in all_sizes:
-            if ("baselines", None, seed, size, None) not in done:
+            if ("baselines", None, None, seed, size, None) not in done:
                 train_idx = subsets[seed, size]
                 log.append({"method": "baselines", "names": None, "seed": seed, "train_size": size,
                             "scores": fit_baselines(table, train_idx, test_idx, seed, predictions=synthetic),
                             "train_rows": len(train_idx), "test_rows": len(test_idx)})
+    first_model = all_models[0]
     for mode in config.names:
         for seed in config.seeds:
             rendered = _test_rows(_variant(spec, mode, seed, config.digits), config.with_options,
                                   config.templates)
-            jobs: list[tuple[str, int | None]] = []
-            for size in sizes:
-                jobs += [("lift", size), *([("lift_random", size)] if config.random_init else []),
-                         *([("proxy", size)] if config.proxy_base else [])]
-            jobs += [*([("base", None)] if config.base else []),
-                     *([("proxy_base", None)] if config.proxy_base else []),
-                     *([("in_context", sizes[-1])] if config.in_context else [])]
-            for method, size in jobs:
+            jobs: list[tuple[str, str, int | None]] = []
+            for model in [config.model, *config.other_models]:
+                for size in sizes:
+                    jobs += [(model, "lift", size),
+                             *([(model, "lift_random", size)] if config.random_init else []),
+                             *([(model, "proxy", size)] if config.proxy_base else [])]
+                jobs += [*([(model, "base", None)] if config.base else []),
+                         *([(model, "proxy_base", None)] if config.proxy_base else []),
+                         *([(model, "in_context", sizes[-1])] if config.in_context else [])]
+            for model, method, size in jobs:
                 shots = config.in_context if method == "in_context" else None
-                if (method, mode, seed, size, shots) in done:
+                if (method, model, mode, seed, size, shots) in done:
                     continue
                 t0 = time.perf_counter()
                 variant = _variant(spec, mode, seed, config.digits, size)
@@ -447,14 +475,15 @@ def run_lift(config: LiftConfig) -> dict[str, Any]:
                 train_idx = subsets[seed, size if size is not None else sizes[-1]]
                 mean = sum(table.target[i] for i in train_idx) / len(train_idx) \
                     if spec.type != "classification" else None
-                run_dir = work / "runs" / f"{mode}-seed{seed}{_suffix(size)}"  # this run's LoRA adapter
+                run_dir = work / "runs" / _run_name(model, first_model, mode, seed, size)  # its LoRA adapter
                 run_info: dict[str, Any] = {}
                 if method in ("lift", "lift_random"):
                     data = _build(variant, seed, work / "data" / f"{mode}-seed{seed}{_suffix(size)}",
                                   config.with_options, config.templates)
                     if method == "lift_random":
                         run_dir = run_dir.with_name(run_dir.name + "-random")
-                    manifest = _train(config, data, seed, run_dir, random_init=method == "lift_random")
+                    manifest = _train(config, data, seed, run_dir, random_init=method == "lift_random",
+                                      model=model)
                     run_info = {"train_rows": manifest["dataset"]["rows_trained"],
                                 "steps": manifest["steps"], "tokens": manifest["tokens_seen"],
                                 "train_seconds": manifest.get("wall_time_s"),
@@ -462,12 +491,12 @@ def run_lift(config: LiftConfig) -> dict[str, Any]:
                                 "parameters": manifest.get("parameters")}
                     model_name = str(run_dir)
                 elif method == "proxy":  # the LoRA run of this (mode, seed, size) steers the larger base
-                    model_name = proxy_spec(config.proxy_base, str(run_dir), config.model, config.alpha,
+                    model_name = proxy_spec(config.proxy_base, str(run_dir), model, config.alpha,
                                             config.proxy_level)
                 elif method == "proxy_base":
                     model_name = config.proxy_base
                 else:
-                    model_name = config.model
+                    model_name = model
                 lm = load_lm(model_name, config.batch_size)
                 e0 = time.perf_counter()
                 rows = rendered
@@ -481,11 +510,12 @@ def run_lift(config: LiftConfig) -> dict[str, Any]:
                     run_info = {**stats, "context_limit": limit, "train_rows": len(train_idx)}
                 per_template = evaluate_rows(lm, variant, rows, config, mean)
                 lm.close()
-                log.append({"method": method, "names": mode, "seed": seed, "train_size": size,
+                log.append({"method": method, "model": model, "names": mode, "seed": seed, "train_size": size,
                             **({"shots": shots} if shots else {}), "per_template": per_template,
                             **run_info, "eval_seconds": round(time.perf_counter() - e0, 1),
                             "seconds": round(time.perf_counter() - t0, 1)})
-                print(f"  {method} names={mode} seed={seed}"
+                print(f"  {method}" + (f" model={model_tag(model)}" if len(all_models) > 1 else "")
+                      + f" names={mode} seed={seed}"
                       + (f" train rows={size}" if size is not None else "")
                       + (f" k={shots}" if shots else "")
                       + f": {_summary(per_template)} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
@@ -494,7 +524,8 @@ def run_lift(config: LiftConfig) -> dict[str, Any]:
         "kind": "flan-builder LIFT run", "task": spec.name, "task_kind": table.kind,
         "table": {"origin": table.origin, "rows": len(table.rows), "features": len(table.feature_names),
                   "classes": table.classes},
-        **_settings(config, spec), "names": all_names, "seeds": all_seeds, "train_sizes": all_sizes,
+        **_settings(config, spec), "model": first_model, "models": all_models, "names": all_names,
+        "seeds": all_seeds, "train_sizes": all_sizes,
         "records": [r for r in records if r["seed"] in all_seeds
                     and (r["names"] is None or r["names"] in all_names)
                     and (r.get("train_size") is None or r.get("train_size") in all_sizes)],
@@ -536,16 +567,16 @@ def _function_plot(table: Any, results: dict[str, Any], splits: dict[int, tuple[
     return plot
 
 
-def _key(record: dict[str, Any]) -> tuple[str, str | None, int, int | None, int | None]:
-    """What one results.jsonl line stands for: (method, names mode, seed, training size, shots)."""
-    return (record["method"], record.get("names"), record["seed"], record.get("train_size"),
-            record.get("shots"))
+def _key(record: dict[str, Any]) -> tuple[str, str | None, str | None, int, int | None, int | None]:
+    """What one results.jsonl line stands for: (method, model, names mode, seed, training size, shots)."""
+    return (record["method"], record.get("model"), record.get("names"), record["seed"],
+            record.get("train_size"), record.get("shots"))
 
 
 def _settings(config: LiftConfig, spec: TaskSpec) -> dict[str, Any]:
     """What must agree for two runs' scores to share one table."""
     function = (spec.source.tabular or {}).get("function")
-    return {"task": spec.name, "model": config.model, "recipe": _shown_path(config.recipe),
+    return {"task": spec.name, "recipe": _shown_path(config.recipe),
             "overrides": config.overrides, "with_options": config.with_options,
             "templates": [t.id for t in spec.templates if not t.inverted][:config.templates],
             "digits": config.digits,
@@ -554,21 +585,23 @@ def _settings(config: LiftConfig, spec: TaskSpec) -> dict[str, Any]:
                if config.proxy_base else {})}
 
 
-def _adopt_report(config: LiftConfig, spec: TaskSpec, work: Path,
-                  sizes: list[int | None]) -> tuple[list[str], list[int], list[int | None]]:
+def _adopt_report(config: LiftConfig, spec: TaskSpec, work: Path, sizes: list[int | None]
+                  ) -> tuple[list[str], list[str], list[int], list[int | None]]:
     """--extend: seed the work folder with a finished report's scores and adapters.
 
-    Returns the name modes, seeds and training sizes the rewritten report covers: the report's and
-    the requested ones together, so it loses nothing. Only the requested (mode, seed, size) runs
-    that the report lacks are trained (a sparse grid is fine: the table says how many seeds each
-    row has). A report made with other settings is refused.
+    Returns the models, name modes, seeds and training sizes the rewritten report covers: the
+    report's and the requested ones together, so it loses nothing. Only the requested (model, mode,
+    seed, size) runs that the report lacks are trained (a sparse grid is fine: the table says how
+    many seeds each row has); a model the report lacks is added beside its own. A report made
+    with other settings is refused.
     """
+    requested = [config.model, *config.other_models]
     report = config.out / "results.json"
     if not report.is_file():
         if config.out.exists():
             raise FlanError(f"--extend: {config.out} holds no finished LIFT report (no results.json); "
                             "choose another --out or pass --overwrite")
-        return config.names, config.seeds, sizes  # nothing to extend yet: an ordinary run
+        return requested, config.names, config.seeds, sizes  # nothing to extend yet: an ordinary run
     old = json.loads(report.read_text(encoding="utf-8"))
     wanted = _settings(config, spec)
     for key, value in wanted.items():
@@ -582,6 +615,8 @@ def _adopt_report(config: LiftConfig, spec: TaskSpec, work: Path,
     log = ResultsLog(work)
     logged = {_key(record) for record in log.records}
     for record in old["records"]:
+        if record["method"] != "baselines":
+            record.setdefault("model", old["model"])  # a report from before several models
         if _key(record) not in logged:
             log.append(record)
     for run in sorted((config.out / "runs").glob("*")) if (config.out / "runs").is_dir() else []:
@@ -589,7 +624,13 @@ def _adopt_report(config: LiftConfig, spec: TaskSpec, work: Path,
             shutil.copytree(run, work / "runs" / run.name)
     all_sizes = sorted(set(old.get("train_sizes") or [None]) | set(sizes), key=_size_order)
     names = list(dict.fromkeys([*old["names"], *config.names]))
-    return names, sorted(set(old["seeds"]) | set(config.seeds)), all_sizes
+    models = list(dict.fromkeys([*old.get("models", [old["model"]]), *requested]))
+    tags = [model_tag(m) for m in models]
+    if len(set(tags)) < len(tags):
+        raise FlanError(f"--extend: {config.out} already has a model named "
+                        f"{next(t for t in tags if tags.count(t) > 1)!r}; give the new one a folder with "
+                        "another name")
+    return models, names, sorted(set(old["seeds"]) | set(config.seeds)), all_sizes
 
 
 def _shown_path(path: Path) -> str:
@@ -612,11 +653,11 @@ def _mean_std(values: list[float]) -> dict[str, float]:
 
 
 def summarise(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """One line per (method, names, training size, shots): each metric as mean ± std over seeds
-    (a seed's score is its template mean)."""
+    """One line per (method, model, names, training size, shots): each metric as mean ± std over
+    seeds (a seed's score is its template mean)."""
     metrics = ("accuracy",) if results["task_kind"] == "classification" else ("rmse", "rae")
     lines: list[dict[str, Any]] = []
-    Group = tuple[str, str | None, int | None, int | None]
+    Group = tuple[str, str | None, str | None, int | None, int | None]
     by_seed: dict[Group, dict[str, list[float]]] = {}
     extra: dict[Group, dict[str, float]] = {}
     shown: dict[Group, list[float]] = {}
@@ -624,11 +665,12 @@ def summarise(results: dict[str, Any]) -> list[dict[str, Any]]:
         size = record.get("train_size")
         if record["method"] == "baselines":
             for name, scores in record["scores"].items():
-                slot = by_seed.setdefault((name, None, size, None), {m: [] for m in metrics})
+                slot = by_seed.setdefault((name, None, None, size, None), {m: [] for m in metrics})
                 for m in metrics:
                     slot[m].append(scores[m])
             continue
-        key = (record["method"], record["names"], size, record.get("shots"))
+        key = (record["method"], record.get("model", results["model"]), record["names"], size,
+               record.get("shots"))
         slot = by_seed.setdefault(key, {m: [] for m in metrics})
         templates = record["per_template"].values()
         for m in metrics:
@@ -639,11 +681,13 @@ def summarise(results: dict[str, Any]) -> list[dict[str, Any]]:
         info["seconds"] += record.get("seconds", 0.0)
         if "demonstrations_mean" in record:  # in-context: demonstrations that fitted, per prompt
             shown.setdefault(key, []).append(record["demonstrations_mean"])
-    for (method, names, size, shots), values in by_seed.items():
-        line: dict[str, Any] = {"method": method, "names": names, "train_size": size, "shots": shots}
+    for key, values in by_seed.items():
+        method, model, names, size, shots = key
+        line: dict[str, Any] = {"method": method, **({"model": model} if model else {}), "names": names,
+                                "train_size": size, "shots": shots}
         line.update({m: _mean_std(v) for m, v in values.items()})
-        line.update(extra.get((method, names, size, shots), {}))
-        if (method, names, size, shots) in shown:
-            line["demonstrations"] = statistics.fmean(shown[method, names, size, shots])
+        line.update(extra.get(key, {}))
+        if key in shown:
+            line["demonstrations"] = statistics.fmean(shown[key])
         lines.append(line)
     return lines

@@ -21,7 +21,7 @@ PUBLISHED: dict[str, dict[str, float]] = {
 
 def method_label(line: dict[str, Any], results: dict[str, Any]) -> str:
     """What a summary line's method is called in the table and the chart."""
-    model, names = Path(results["model"]).name, line["names"]
+    model, names = Path(str(line.get("model") or results["model"])).name, line["names"]
     big = Path(str(results.get("proxy_base"))).name
     if line["method"] == "lift":
         return f"LIFT: {model} + LoRA (names: {names})"
@@ -45,11 +45,18 @@ def mean_std_cell(stat: dict[str, float], digits: int = 2) -> str:
 
 
 def _row_order(results: dict[str, Any]) -> Any:
-    """Sort key for a summary line or record: LIFT, then untuned, then baselines; modes as asked."""
+    """Sort key for a summary line or record: LIFT, then untuned, then baselines; each method's
+    models side by side in the report's order; modes as asked."""
     order = {"lift": 0, "lift_random": 1, "in_context": 2, "base": 3, "proxy": 4, "proxy_base": 5}
+    models = {model: i for i, model in enumerate(_models(results))}
     modes = {mode: i for i, mode in enumerate(results["names"])}  # names, generic, shuffled
-    return lambda line: (order.get(line["method"], 6), modes.get(line["names"], -1),
-                         _size_key(line.get("train_size")))
+    return lambda line: (order.get(line["method"], 6), models.get(line.get("model"), 0),
+                         modes.get(line["names"], -1), _size_key(line.get("train_size")))
+
+
+def _models(results: dict[str, Any]) -> list[str]:
+    """The report's models, first the one its run folders are named by (older reports: one)."""
+    return results.get("models") or [results["model"]]
 
 
 def _size_key(size: int | None) -> float:
@@ -146,9 +153,11 @@ def _bars(ax: Any, results: dict[str, Any]) -> None:
     lines_ = [line for line in sorted(results["summary"], key=_row_order(results))
               if line.get("train_size") in (None, largest)]
     labels = [method_label(line, results).replace(" (names", "\n(names") for line in lines_]
+    first = _models(results)[0]
     ax.bar(range(len(lines_)), [line[metric]["mean"] for line in lines_],
            yerr=[line[metric]["std"] for line in lines_], capsize=3,
-           color=[_COLOURS.get(line["method"], "tab:blue") for line in lines_])
+           color=[_COLOURS.get(line["method"], "tab:blue") for line in lines_],
+           hatch=["//" if line.get("model") not in (None, first) else "" for line in lines_])
     ax.set_xticks(range(len(lines_)))
     ax.set_xticklabels(labels, fontsize=7, rotation=30, ha="right")
     ax.set_ylabel(f"{metric} (mean ± std over seeds)")
@@ -161,18 +170,21 @@ def _curves(ax: Any, results: dict[str, Any]) -> None:
     metric = _metric(results)
     series: dict[str, list[tuple[int, float, float]]] = {}
     methods: dict[str, str] = {}
+    models: dict[str, str | None] = {}
     for line in sorted(results["summary"], key=_row_order(results)):
         if line.get("train_size") is None:
             continue
         label = method_label(line, results)
         series.setdefault(label, []).append((line["train_size"], line[metric]["mean"], line[metric]["std"]))
-        methods[label] = line["method"]
+        methods[label], models[label] = line["method"], line.get("model")
+    first = _models(results)[0]
     for label, points in series.items():
         xs, ys, errs = zip(*sorted(points), strict=True)
         ours = methods[label] in _COLOURS
-        ax.errorbar(xs, ys, yerr=errs, marker="o", markersize=3, capsize=2, label=label,
-                    color=_COLOURS.get(methods[label]), linewidth=2.2 if ours else 1.0,
-                    linestyle="-" if ours else "--", alpha=1.0 if ours else 0.7)
+        other_model = ours and models[label] not in (None, first)  # drawn dotted, in the same colour
+        ax.errorbar(xs, ys, yerr=errs, marker="s" if other_model else "o", markersize=3, capsize=2,
+                    label=label, color=_COLOURS.get(methods[label]), linewidth=2.2 if ours else 1.0,
+                    linestyle=(":" if other_model else "-") if ours else "--", alpha=1.0 if ours else 0.7)
     import matplotlib.ticker
 
     sizes = sorted({x for points in series.values() for x, _, _ in points})
@@ -288,7 +300,8 @@ def write_report(results: dict[str, Any], folder: Path) -> None:
     header = (f"# LIFT on `{results['task']}` ({results['task_kind']})\n\n"
               f"Table: {origin}, {results['table']['rows']} rows, "
               f"{results['table']['features']} feature(s). {split}, seeds {seeds}; "
-              f"every method uses the same splits. LIFT: `{results['model']}` tuned with "
+              f"every method uses the same splits. LIFT: {' and '.join(f'`{m}`' for m in _models(results))} "
+              "tuned with "
               f"`{results['recipe']}`{''.join(' ' + o for o in results['overrides'])}; scored on "
               f"{len(results['templates'])} template(s) ({', '.join(results['templates'])}) "
               + ("by rank classification over the class names"

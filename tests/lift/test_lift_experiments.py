@@ -417,3 +417,58 @@ def test_random_init_beside_pretrained_end_to_end(tmp_path, capsys, tiny_model_d
     tuned, original = dict(model.named_parameters()), dict(pretrained.named_parameters())
     assert not torch.allclose(tuned[weight], original[weight])
     assert "random init" in (out / "report.md").read_text()
+
+
+def test_two_models_side_by_side_and_a_model_added_later(tmp_path, capsys, tiny_model_dir, monkeypatch):
+    """--model A,B trains and scores each model the same way in one report; --extend --model C adds
+    a model to a finished report (even one written before reports had several models) and trains
+    only C's runs."""
+    import shutil
+
+    from flan_builder.lift import experiment as lift_run
+
+    twin = tmp_path / "twin-llama"  # the same weights under another name: its untuned rows must agree
+    shutil.copytree(tiny_model_dir, twin)
+    out = tmp_path / "iris"
+    code = main(["lift", "--dataset", "iris", "--seeds", "0", "--train-sizes", "12",
+                 "--model", f"{tiny_model_dir},{twin}", "--out", str(out), *QUICK])
+    assert code == 0, capsys.readouterr().err
+    results = json.loads((out / "results.json").read_text())
+    assert results["models"] == [str(tiny_model_dir), str(twin)] and results["model"] == str(tiny_model_dir)
+    by = {(r["method"], r.get("model")): r for r in results["records"]}
+    assert set(by) == {("baselines", None), *((m, str(x)) for m in ("lift", "base")
+                                              for x in (tiny_model_dir, twin))}
+    assert by["base", str(twin)]["per_template"] == by["base", str(tiny_model_dir)]["per_template"]
+    runs = sorted(p.name for p in (out / "runs").iterdir())
+    assert runs == ["names-seed0-n12", "twin-llama-names-seed0-n12"]
+    assert str(twin) in json.dumps(json.loads((out / "runs" / "twin-llama-names-seed0-n12" / "run.json")
+                                              .read_text())["model_source"])
+    labels = [line.split("|")[1].strip() for line in (out / "report.md").read_text().splitlines()
+              if "LoRA (names" in line and "training rows" not in line]
+    assert labels[:2] == [f"LIFT: {tiny_model_dir.name} + LoRA (names: names)",
+                          "LIFT: twin-llama + LoRA (names: names)"]
+
+    # a report from before several models: no "models", no "model" on its records
+    old = {**results, "records": [{k: v for k, v in r.items() if k != "model"} for r in results["records"]
+                                  if r.get("model") != str(twin)]}
+    old.pop("models")
+    (out / "results.json").write_text(json.dumps(old))
+    shutil.rmtree(out / "runs" / "twin-llama-names-seed0-n12")
+    third = tmp_path / "third-llama"
+    shutil.copytree(tiny_model_dir, third)
+    trained = []
+    real_train = lift_run._train
+    monkeypatch.setattr(lift_run, "_train", lambda *a, **k: trained.append(k["model"]) or real_train(*a, **k))
+    code = main(["lift", "--dataset", "iris", "--seeds", "0", "--train-sizes", "12", "--model", str(third),
+                 "--extend", "--out", str(out), *QUICK])
+    assert code == 0, capsys.readouterr().err
+    assert trained == [str(third)]
+    results = json.loads((out / "results.json").read_text())
+    assert results["models"] == [str(tiny_model_dir), str(third)]
+    assert {(line["method"], line.get("model")) for line in results["summary"] if "model" in line} == \
+        {(m, str(x)) for m in ("lift", "base") for x in (tiny_model_dir, third)}
+    # a model whose name the report already has is refused before any work
+    code = main(["lift", "--dataset", "iris", "--seeds", "0", "--train-sizes", "12",
+                 "--model", str(tmp_path / "elsewhere" / "third-llama"), "--extend", "--out", str(out),
+                 *QUICK])
+    assert code == 2 and "third-llama" in capsys.readouterr().err
