@@ -38,7 +38,8 @@ from flan_builder.processes import exit_with_parent
 from flan_builder.shards import CANONICAL, POSITION, PRIVATE_COLUMNS, Shard, features, shard_table
 from flan_builder.templating import TaskRenderer
 
-CHUNK_ROWS = 32_768  # rows read per step of the routing pass
+CHUNK_ROWS = 32_768  # rows read per step of the routing pass ...
+CHUNK_BYTES = 32 << 20  # ... or fewer: a task of long rows would make a chunk of rows several times larger
 BUCKET_BYTES = 64 << 20  # rendered bytes (private columns included) sorted at once
 SPAWN_SAVE_BYTES = 256 << 20  # larger splits are saved by save_to_disk's worker process (see above)
 
@@ -221,13 +222,14 @@ def _batches(files: list[Path]) -> Iterator[Any]:
 def _chunks(files: list[Path]) -> Iterator[Any]:
     import pyarrow as pa
 
-    pending, size = [], 0
+    pending, size, nbytes = [], 0, 0
     for batch in _batches(files):
         pending.append(batch)
         size += batch.num_rows
-        if size >= CHUNK_ROWS:
+        nbytes += batch.nbytes
+        if size >= CHUNK_ROWS or nbytes >= CHUNK_BYTES:
             yield pa.Table.from_batches(pending)
-            pending, size = [], 0
+            pending, size, nbytes = [], 0, 0
     if pending:
         yield pa.Table.from_batches(pending)
 

@@ -62,7 +62,29 @@ def tiny_pieces(monkeypatch):
     """Many shards, chunks and buckets for a small build: every boundary is crossed."""
     monkeypatch.setattr(shards_module, "SHARD_ROWS", 300)
     monkeypatch.setattr(writer, "CHUNK_ROWS", 700)
+    monkeypatch.setattr(writer, "CHUNK_BYTES", 150_000)  # long rows end a chunk before 700 rows
     monkeypatch.setattr(writer, "BUCKET_BYTES", 100_000)  # 1,000-row buckets (the floor)
+
+
+def test_routing_chunks_are_bounded_in_bytes_as_well_as_rows(tmp_path, monkeypatch):
+    """A run of long rows (a summarisation task's shards, in plan order) ends a chunk early: the
+    routing pass's memory does not depend on how long one task's rows are. Rows keep their order."""
+    import pyarrow as pa
+
+    monkeypatch.setattr(writer, "CHUNK_ROWS", 1000)
+    monkeypatch.setattr(writer, "CHUNK_BYTES", 200_000)
+    path = tmp_path / "rendered.arrow"
+    lengths = [10] * 2500 + [2000] * 600 + [10] * 900  # short rows, then long ones, then short
+    texts = ["x" * n for n in lengths]
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, pa.schema([("t", pa.string())])) as out:
+        for start in range(0, len(texts), 100):  # 100-row batches, as map writes them (1,000 there)
+            out.write_table(pa.table({"t": texts[start:start + 100]}))
+    chunks = list(writer._chunks([path]))
+    assert [t for c in chunks for t in c["t"].to_pylist()] == texts
+    for chunk in chunks:
+        assert chunk.num_rows <= 1000 and chunk.nbytes < 200_000 + 100 * 2004  # a bound plus one batch
+    assert chunks[0].num_rows == 1000  # short rows: the row bound
+    assert min(c.num_rows for c in chunks) <= 200  # long rows: the byte bound, far below 1,000
 
 
 def _files_digest(root: Path) -> dict[str, str]:
