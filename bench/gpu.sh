@@ -21,6 +21,8 @@
 #                    MODEL:METHOD, MODEL an alias or a model folder; a trailing ? makes a run
 #                    optional: it starts only while the script's elapsed time is under
 #                    FLAN_GPU_OPTIONAL_BEFORE_S (default 300)
+#   SEEDS "0"        training seeds: every run in RUNS once per seed (sft.seed); seed 0's run keeps
+#                    the plain name, others end in -s<seed>; all are scored on the same rows
 #   STEPS 600 / 2    BATCH 64 / 4 (rows a step: no gradient accumulation)
 #   MAX_LENGTH 512 / 128    LOG_STEPS 10 / 1
 #   LR 2e-4 (lora and other adapters)   LR_FULL 2e-5 (full fine-tuning)
@@ -29,6 +31,8 @@
 #   EVAL_ROWS 100 / 5     held-out rows per dataset in the build (the README's CPU table used 100)
 #   EVAL_LIMIT 100 / 5    rows per dataset scored by `flan eval`
 #   EVAL_TEMPLATES all / 1   first K templates per dataset ("all": every template, FLAN's protocol)
+#   EVAL_OPTIONS with   with / without / both: the OPTIONS suffix on the scored prompts (both: one
+#                    report with each prompt scored with and without it, FLAN's two settings)
 #   LIFT_RUNS        "function:linear function:cosine sizes:iris digits?" / "function:linear"
 #                    LIFT's experiments (issue 18) after the FLAN runs, with smollm2-135m and
 #                    train/lift.yaml in bf16: function:NAME -> flan lift --function NAME, seeds
@@ -91,6 +95,9 @@ DATA="${FLAN_DATA_DIR:-../shared/data}"
 TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
 VENV="${FLAN_GPU_VENV:-$WORK/venv}"
 HELDOUT="${HELDOUT:-nli}"
+SEEDS="${SEEDS:-0}"; EVAL_OPTIONS="${EVAL_OPTIONS:-with}"
+[[ "$EVAL_OPTIONS" =~ ^(with|without|both)$ ]] || { echo "bench/gpu.sh: EVAL_OPTIONS is with, without or both (got '$EVAL_OPTIONS')" >&2; exit 2; }
+[[ "$SEEDS" =~ ^[0-9]+( [0-9]+)*$ ]] || { echo "bench/gpu.sh: SEEDS is whole numbers separated by spaces, e.g. \"0 1 2\" (got '$SEEDS')" >&2; exit 2; }
 RECIPE="train/heldout-$HELDOUT.yaml"
 [[ -f "$RECIPE" ]] || { echo "bench/gpu.sh: HELDOUT=$HELDOUT has no recipe $RECIPE" >&2; exit 2; }
 BUILD="$WORK/build/heldout-$HELDOUT"
@@ -117,7 +124,7 @@ mkdir -p "$OUT/logs" "$OUT/runs" "$WORK"
 exec > >(tee "$OUT/gpu.log") 2>&1
 
 log "bench/gpu.sh: $([[ $DRY == 1 ]] && echo 'DRY RUN on the CPU (tiny settings)' || echo 'GPU run') in $ROOT"
-log "settings: HELDOUT=$HELDOUT RUNS='$RUNS' STEPS=$STEPS BATCH=$BATCH MAX_LENGTH=$MAX_LENGTH bf16=$BF16 LR=$LR LR_FULL=$LR_FULL" \
+log "settings: HELDOUT=$HELDOUT RUNS='$RUNS' SEEDS='$SEEDS' EVAL_OPTIONS=$EVAL_OPTIONS STEPS=$STEPS BATCH=$BATCH MAX_LENGTH=$MAX_LENGTH bf16=$BF16 LR=$LR LR_FULL=$LR_FULL" \
     "SAMPLER=$SAMPLER PADDING_FREE=$PADDING_FREE EVAL_ROWS=$EVAL_ROWS EVAL_LIMIT=$EVAL_LIMIT" \
     "EVAL_TEMPLATES=$EVAL_TEMPLATES data=$DATA OUT=$OUT WORK=$WORK"
 [[ $DRY == 1 ]] || log "GPU: $GPU_LINE"
@@ -273,11 +280,13 @@ flan build --heldout "$HELDOUT" ${DATA_ARGS[@]+"${DATA_ARGS[@]}"} --out "$BUILD"
 # -- 3. training ----------------------------------------------------------------------------
 FAILED=(); TRAINED=(); FAMILIES=()
 declare -A FAMILY=()  # base model -> its finished run directories
+read -ra SEED_LIST <<< "$SEEDS"
 for run in ${RUN_LIST[@]+"${RUN_LIST[@]}"}; do
-  optional=0
-  [[ "$run" == *\? ]] && { optional=1; run="${run%\?}"; }
+ optional=0
+ [[ "$run" == *\? ]] && { optional=1; run="${run%\?}"; }
+ for seed in "${SEED_LIST[@]}"; do
   model="${run%%:*}"; method="${run#*:}"; [[ "$method" == "$run" ]] && method=lora
-  name="$(tag_of "$model")-$method"
+  name="$(tag_of "$model")-$method"; [[ "$seed" == 0 ]] || name="$name-s$seed"
   [[ "${MODEL_READY[$model]}" == 1 ]] || continue
   elapsed=$(( $(date +%s) - START ))
   if [[ $optional == 1 && $elapsed -ge $OPTIONAL_BEFORE_S ]]; then
@@ -291,7 +300,7 @@ for run in ${RUN_LIST[@]+"${RUN_LIST[@]}"}; do
       --set "sft.bf16=$BF16" --set "sft.per_device_train_batch_size=$BATCH" --set sft.gradient_accumulation_steps=1 \
       --set "sft.max_length=$MAX_LENGTH" --set "sft.learning_rate=$lr" \
       --set "sft.logging_steps=$LOG_STEPS" --set 'sft.save_strategy="no"' \
-      --set "sft.report_to=tensorboard" --set "train.padding_free=$PADDING_FREE" \
+      --set "sft.report_to=tensorboard" --set "train.padding_free=$PADDING_FREE" --set "sft.seed=$seed" \
       ${SAMPLER_ARGS[@]+"${SAMPLER_ARGS[@]}"} \
       2>&1 | tee "$OUT/logs/train-$name.log"; then
     cp "$WORK/runs/$name/run.json" "$OUT/runs/$name.run.json"
@@ -302,10 +311,11 @@ for run in ${RUN_LIST[@]+"${RUN_LIST[@]}"}; do
     log "FAILED: training $name (log: $OUT/logs/train-$name.log)"
     FAILED+=("train $name")
   fi
+ done
 done
 
 # -- 4. zero-shot evaluation: the untuned base beside its tuned runs, same rows -------------
-EVAL_ARGS=(--limit "$EVAL_LIMIT")
+EVAL_ARGS=(--limit "$EVAL_LIMIT" --options "$EVAL_OPTIONS")
 [[ "$EVAL_TEMPLATES" == all ]] || EVAL_ARGS+=(--templates "$EVAL_TEMPLATES")
 for model in ${FAMILIES[@]+"${FAMILIES[@]}"}; do
   tag="$(tag_of "$model")"
