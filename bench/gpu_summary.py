@@ -196,19 +196,26 @@ def summarise_evals(folder: Path) -> list[dict[str, Any]]:
     out = []
     for path in sorted(folder.glob("eval-*/results.json")):
         results = json.loads(path.read_text(encoding="utf-8"))
-        base_mean = None
+        base_mean = base_bare = None
         for model in results["models"]:
             name = model["name"]
             means = [c["mean"] for c in results["clusters"] if c["model"] == name and c.get("options", True)]
+            bare = [c["mean"] for c in results["clusters"]
+                    if c["model"] == name and c.get("options") is False]
             records = [r for r in results["records"] if r["model"] == name]
             scored = sum(r["scores"].get("n", 0) for r in records)
             seconds = sum(r.get("seconds", 0.0) for r in records)
             mean = means[0] if means else None
             base_mean = mean if base_mean is None and name == results.get("base", name) else base_mean
+            no_options = bare[0] if bare else None  # EVAL_OPTIONS=without or both
+            if base_bare is None and name == results.get("base", name):
+                base_bare = no_options
             out.append({"eval": path.parent.name, "model": name, "base": results.get("base"),
                         "method": model.get("method"), "cluster": results.get("heldout_cluster"),
                         "mean": mean, "delta_vs_base": None if mean is None or base_mean is None
-                        else round(mean - base_mean, 2), "row_template_pairs": scored,
+                        else round(mean - base_mean, 2), "mean_no_options": no_options,
+                        "delta_no_options": None if no_options is None or base_bare is None
+                        else round(no_options - base_bare, 2), "row_template_pairs": scored,
                         "templates": results.get("templates"), "limit": results.get("limit"),
                         "seconds": round(seconds, 1), "pairs_per_s": scored / seconds if seconds else None})
     return out
@@ -246,13 +253,15 @@ def markdown(summary: dict[str, Any]) -> str:
               "vocabulary matrices at every position: upper bound); `MFU non-emb.` leaves the vocabulary "
               "matrices out (lower bound). gpu_summary.json also has the 6N convention (`mfu_6n`)."]
     if summary["evals"]:
-        lines += ["", "## Zero-shot on the held-out cluster (with OPTIONS, acc)", "",
-                  "| eval | model | method | cluster mean | Δ vs base | (row, template) pairs | s "
-                  "| pairs/s |",
-                  "|---|---|---|---:|---:|---:|---:|---:|"]
+        lines += ["", "## Zero-shot on the held-out cluster (acc)", "",
+                  "| eval | model | method | cluster mean, OPTIONS | Δ vs base | no OPTIONS | Δ vs base "
+                  "| (row, template) pairs | s | pairs/s |",
+                  "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         for e in summary["evals"]:
             lines.append(f"| {e['eval']} | {Path(e['model']).name} | {e['method'] or 'untuned'} "
                          f"| {_fmt(e['mean'], '.1f')} | {_fmt(e['delta_vs_base'], '+.1f')} "
+                         f"| {_fmt(e.get('mean_no_options'), '.1f', '-')} "
+                         f"| {_fmt(e.get('delta_no_options'), '+.1f', '-')} "
                          f"| {e['row_template_pairs']:,} | {e['seconds']:.1f} "
                          f"| {_fmt(e['pairs_per_s'], '.1f')} |")
         lines += ["", "Full tables: `eval-*/report.md`."]
