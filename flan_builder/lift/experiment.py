@@ -91,6 +91,11 @@ class LiftConfig:
     # Also score the untuned model with this many serialised training rows as demonstrations.
     in_context: int | None = None
 
+    @property
+    def models(self) -> list[str]:
+        """Every model this invocation trains and scores, ``model`` first."""
+        return [self.model, *self.other_models]
+
 
 # -- the task ------------------------------------------------------------------------------------
 
@@ -206,6 +211,12 @@ def _suffix(size: int | None) -> str:
 def model_tag(model: str) -> str:
     """A model's short name: an alias as it is, a folder or file by its last path part."""
     return Path(model.rstrip("/")).name or model
+
+
+def _shared_tag(models: list[str]) -> str | None:
+    """A short name (``model_tag``) two of ``models`` share, if any: their rows could not be told apart."""
+    tags = [model_tag(m) for m in models]
+    return next((t for t in tags if tags.count(t) > 1), None)
 
 
 def _run_name(model: str, first_model: str, mode: str, seed: int, size: int | None) -> str:
@@ -387,13 +398,12 @@ def _check_config(config: LiftConfig) -> None:
     if config.in_context is not None and config.in_context < 1:
         raise FlanError(f"--in-context takes the number of demonstrations, at least 1 "
                         f"(got {config.in_context})")
-    models = [config.model, *config.other_models]
-    if len(set(models)) < len(models):
-        raise FlanError(f"--model lists a model twice ({','.join(models)})")
-    tags = [model_tag(m) for m in models]
-    if len(set(tags)) < len(tags):
-        raise FlanError(f"--model: two models share the name {next(t for t in tags if tags.count(t) > 1)!r} "
-                        "in the report; give them folders with different names")
+    if len(set(config.models)) < len(config.models):
+        raise FlanError(f"--model lists a model twice ({','.join(config.models)})")
+    shared = _shared_tag(config.models)
+    if shared is not None:
+        raise FlanError(f"--model: two models share the name {shared!r} in the report; give them "
+                        "folders with different names")
     if config.proxy_base and config.other_models:
         raise FlanError("--proxy-base steers with one tuned model: give one --model (the expert's base)")
 
@@ -422,7 +432,7 @@ def run_lift(config: LiftConfig) -> dict[str, Any]:
         spec = task_spec(config, work)
         # the report covers these; this invocation trains only config.names x config.seeds x sizes
         all_models, all_names, all_seeds, all_sizes = _adopt_report(config, spec, work, sizes) \
-            if config.extend else ([config.model, *config.other_models], config.names, config.seeds, sizes)
+            if config.extend else (config.models, config.names, config.seeds, sizes)
         source = spec.source.tabular or {}
         table = load_table(source, base=spec.path.parent)
         # seed -> (train, test) row indices; a split that cannot be made fails now, before any training
@@ -456,7 +466,7 @@ def run_lift(config: LiftConfig) -> dict[str, Any]:
             rendered = _test_rows(_variant(spec, mode, seed, config.digits), config.with_options,
                                   config.templates)
             jobs: list[tuple[str, str, int | None]] = []
-            for model in [config.model, *config.other_models]:
+            for model in config.models:
                 for size in sizes:
                     jobs += [(model, "lift", size),
                              *([(model, "lift_random", size)] if config.random_init else []),
@@ -595,13 +605,12 @@ def _adopt_report(config: LiftConfig, spec: TaskSpec, work: Path, sizes: list[in
     many seeds each row has); a model the report lacks is added beside its own. A report made
     with other settings is refused.
     """
-    requested = [config.model, *config.other_models]
     report = config.out / "results.json"
     if not report.is_file():
         if config.out.exists():
             raise FlanError(f"--extend: {config.out} holds no finished LIFT report (no results.json); "
                             "choose another --out or pass --overwrite")
-        return requested, config.names, config.seeds, sizes  # nothing to extend yet: an ordinary run
+        return config.models, config.names, config.seeds, sizes  # nothing to extend yet: an ordinary run
     old = json.loads(report.read_text(encoding="utf-8"))
     wanted = _settings(config, spec)
     for key, value in wanted.items():
@@ -611,6 +620,11 @@ def _adopt_report(config: LiftConfig, spec: TaskSpec, work: Path, sizes: list[in
             raise FlanError(f"--extend: {config.out} was made with {key} = {old.get(key)!r}, this run has "
                             f"{value!r}; scores from different settings cannot share a table. Use the "
                             "same settings or another --out")
+    models = list(dict.fromkeys([*old.get("models", [old["model"]]), *config.models]))
+    shared = _shared_tag(models)
+    if shared is not None:
+        raise FlanError(f"--extend: {config.out} already has a model named {shared!r}; give the new one "
+                        "a folder with another name")
     # Merge rather than copy: an interrupted extension may already hold some of them.
     log = ResultsLog(work)
     logged = {_key(record) for record in log.records}
@@ -624,12 +638,6 @@ def _adopt_report(config: LiftConfig, spec: TaskSpec, work: Path, sizes: list[in
             shutil.copytree(run, work / "runs" / run.name)
     all_sizes = sorted(set(old.get("train_sizes") or [None]) | set(sizes), key=_size_order)
     names = list(dict.fromkeys([*old["names"], *config.names]))
-    models = list(dict.fromkeys([*old.get("models", [old["model"]]), *requested]))
-    tags = [model_tag(m) for m in models]
-    if len(set(tags)) < len(tags):
-        raise FlanError(f"--extend: {config.out} already has a model named "
-                        f"{next(t for t in tags if tags.count(t) > 1)!r}; give the new one a folder with "
-                        "another name")
     return models, names, sorted(set(old["seeds"]) | set(config.seeds)), all_sizes
 
 
