@@ -282,36 +282,36 @@ FAILED=(); TRAINED=(); FAMILIES=()
 declare -A FAMILY=()  # base model -> its finished run directories
 read -ra SEED_LIST <<< "$SEEDS"
 for run in ${RUN_LIST[@]+"${RUN_LIST[@]}"}; do
- optional=0
- [[ "$run" == *\? ]] && { optional=1; run="${run%\?}"; }
- for seed in "${SEED_LIST[@]}"; do
+  optional=0
+  [[ "$run" == *\? ]] && { optional=1; run="${run%\?}"; }
   model="${run%%:*}"; method="${run#*:}"; [[ "$method" == "$run" ]] && method=lora
-  name="$(tag_of "$model")-$method"; [[ "$seed" == 0 ]] || name="$name-s$seed"
   [[ "${MODEL_READY[$model]}" == 1 ]] || continue
-  elapsed=$(( $(date +%s) - START ))
-  if [[ $optional == 1 && $elapsed -ge $OPTIONAL_BEFORE_S ]]; then
-    log "SKIPPING optional run $name: ${elapsed}s elapsed, past FLAN_GPU_OPTIONAL_BEFORE_S=$OPTIONAL_BEFORE_S"
-    continue
-  fi
-  phase "train $name"
-  lr="$LR"; [[ "$method" == full ]] && lr="$LR_FULL"
-  if flan train "$RECIPE" --model "$model" --peft "$method" --dataset "$BUILD" \
-      --output "$WORK/runs/$name" --max-steps "$STEPS" --overwrite \
-      --set "sft.bf16=$BF16" --set "sft.per_device_train_batch_size=$BATCH" --set sft.gradient_accumulation_steps=1 \
-      --set "sft.max_length=$MAX_LENGTH" --set "sft.learning_rate=$lr" \
-      --set "sft.logging_steps=$LOG_STEPS" --set 'sft.save_strategy="no"' \
-      --set "sft.report_to=tensorboard" --set "train.padding_free=$PADDING_FREE" --set "sft.seed=$seed" \
-      ${SAMPLER_ARGS[@]+"${SAMPLER_ARGS[@]}"} \
-      2>&1 | tee "$OUT/logs/train-$name.log"; then
-    cp "$WORK/runs/$name/run.json" "$OUT/runs/$name.run.json"
-    TRAINED+=("$WORK/runs/$name")
-    [[ -n "${FAMILY[$model]+x}" ]] || FAMILIES+=("$model")
-    FAMILY[$model]="${FAMILY[$model]:-} $WORK/runs/$name"
-  else
-    log "FAILED: training $name (log: $OUT/logs/train-$name.log)"
-    FAILED+=("train $name")
-  fi
- done
+  for seed in "${SEED_LIST[@]}"; do
+    name="$(tag_of "$model")-$method"; [[ "$seed" == 0 ]] || name="$name-s$seed"
+    elapsed=$(( $(date +%s) - START ))
+    if [[ $optional == 1 && $elapsed -ge $OPTIONAL_BEFORE_S ]]; then
+      log "SKIPPING optional run $name: ${elapsed}s elapsed, past FLAN_GPU_OPTIONAL_BEFORE_S=$OPTIONAL_BEFORE_S"
+      continue
+    fi
+    phase "train $name"
+    lr="$LR"; [[ "$method" == full ]] && lr="$LR_FULL"
+    if flan train "$RECIPE" --model "$model" --peft "$method" --dataset "$BUILD" \
+        --output "$WORK/runs/$name" --max-steps "$STEPS" --overwrite \
+        --set "sft.bf16=$BF16" --set "sft.per_device_train_batch_size=$BATCH" --set sft.gradient_accumulation_steps=1 \
+        --set "sft.max_length=$MAX_LENGTH" --set "sft.learning_rate=$lr" \
+        --set "sft.logging_steps=$LOG_STEPS" --set 'sft.save_strategy="no"' \
+        --set "sft.report_to=tensorboard" --set "train.padding_free=$PADDING_FREE" --set "sft.seed=$seed" \
+        ${SAMPLER_ARGS[@]+"${SAMPLER_ARGS[@]}"} \
+        2>&1 | tee "$OUT/logs/train-$name.log"; then
+      cp "$WORK/runs/$name/run.json" "$OUT/runs/$name.run.json"
+      TRAINED+=("$WORK/runs/$name")
+      [[ -n "${FAMILY[$model]+x}" ]] || FAMILIES+=("$model")
+      FAMILY[$model]="${FAMILY[$model]:-} $WORK/runs/$name"
+    else
+      log "FAILED: training $name (log: $OUT/logs/train-$name.log)"
+      FAILED+=("train $name")
+    fi
+  done
 done
 
 # -- 4. zero-shot evaluation: the untuned base beside its tuned runs, same rows -------------
