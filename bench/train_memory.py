@@ -51,7 +51,9 @@ from pathlib import Path
 from typing import Any
 
 CONFIGS: dict[str, list[str]] = {
-    "readme": [],  # the recipe as shipped
+    "readme": [],  # the recipe as shipped (train.precision auto: bf16 where the CPU has it)
+    "fp32": ["train.precision=fp32"],  # the shipped recipe before train.precision (2026-12-01)
+    "bf16": ["train.precision=bf16"],
     "keep_freed": ["train.release_memory=false"],  # malloc keeps freed pages (before 2026-11-30)
     "dropout0": ["peft.dropout=0.0"],
     "checkpointing": ["sft.gradient_checkpointing=true"],

@@ -84,7 +84,8 @@ def make_recipe(tmp_path: Path, model: Path, dataset: Path, name: str = "run", *
         "sft": {"max_steps": 4, "per_device_train_batch_size": 4, "learning_rate": 1e-2,
                 "logging_steps": 1, "save_steps": 2, "max_length": 96, "disable_tqdm": True,
                 "dataloader_num_workers": 0},
-        "train": {},
+        # fp32 whatever the CPU: the tests that compare runs hold fp32 tolerances on any machine
+        "train": {"precision": "fp32"},
     }
     for section, values in sections.items():
         if isinstance(values, dict):

@@ -109,6 +109,11 @@ _TRAIN: _Schema = {
     # (malloc_trim): it keeps the freed activations' pages, about twice what is in use between
     # steps. Halves the RSS between steps; not the peak inside one (bench/RESULTS.md).
     "release_memory": ((bool,), None, True),
+    # "auto": bf16 where the device computes it natively (a CUDA GPU that supports it; a CPU with
+    # AVX512-BF16 or AMX), else fp32. Under bf16 a frozen base (every method but full) is held in
+    # bf16, half the memory; trained weights stay fp32 and the forward runs under bf16 autocast.
+    # sft.bf16, when set, decides instead (it must then agree with a precision that is not auto).
+    "precision": ((str,), one_of("auto", "fp32", "bf16"), "auto"),
 }
 
 # SFTConfig defaults we change, and why: see the recipes' comments and the README.

@@ -507,3 +507,72 @@ def test_auto_padding_free_follows_the_flattened_batch_length(overrides, mean_to
 
     recipe = load_recipe(REPO / "train" / "heldout-nli.yaml", overrides)
     assert _choose_padding_free(recipe, style, mean_tokens) is expected
+
+
+# -- precision ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("overrides", "native", "expected"), [
+    ([], True, "bf16"),  # auto: the device's native bf16 decides
+    ([], False, "fp32"),
+    (["train.precision=fp32"], True, "fp32"),
+    (["train.precision=bf16"], False, "bf16"),  # asked for: kept, even where it is emulated
+    (["sft.bf16=false"], True, "fp32"),  # sft.bf16 decides when precision is auto
+    (["sft.bf16=true", "train.precision=bf16"], False, "bf16"),
+])
+def test_auto_precision_follows_the_device_and_sft_bf16_decides_when_set(overrides, native, expected,
+                                                                          monkeypatch):
+    from flan_builder.training import job
+    from flan_builder.training.recipe import load_recipe
+
+    monkeypatch.setattr(job, "native_bf16", lambda: native)
+    assert job.training_precision(load_recipe(REPO / "train" / "heldout-nli.yaml", overrides)) == expected
+
+
+def test_sft_bf16_against_train_precision_is_a_one_line_error():
+    from flan_builder.errors import FlanError
+    from flan_builder.training.job import training_precision
+    from flan_builder.training.recipe import load_recipe
+
+    recipe = load_recipe(REPO / "train" / "heldout-nli.yaml", ["sft.bf16=true", "train.precision=fp32"])
+    with pytest.raises(FlanError, match=r"heldout-nli.yaml: sft.bf16 is True but train.precision is fp32"):
+        training_precision(recipe)
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_bf16_holds_a_frozen_base_in_bf16_and_saves_fp32(method, tmp_path, tiny_model_dir, toy_build,
+                                                         tokenizer, monkeypatch):
+    """Under bf16 a LoRA run's frozen base trains in bf16 and its adapter in fp32; full tuning keeps
+    fp32 weights; either way what is saved (adapter, merged model, whole model) is fp32 and close to
+    the same run in fp32."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from flan_builder.training import sft
+
+    seen = {}
+    original = sft.FlanSFTTrainer.__init__
+
+    def spy(self, *args, **kwargs):
+        seen["base_dtype"] = kwargs["model"].dtype
+        original(self, *args, **kwargs)
+        seen["trained"] = {p.dtype for p in self.model.parameters() if p.requires_grad}
+        seen["autocast"] = self.args.bf16
+
+    monkeypatch.setattr(sft.FlanSFTTrainer, "__init__", spy)
+    overrides = [f"peft.method={method}", "train.merge=true", "sft.learning_rate=1e-3"]
+    half = train_recipe(make_recipe(tmp_path, tiny_model_dir, toy_build, name="half"),
+                        [*overrides, "train.precision=bf16"])
+    assert half.manifest["precision"] == "bf16" and seen["autocast"] is True
+    assert seen["base_dtype"] == (torch.bfloat16 if method == "lora" else torch.float32)
+    assert seen["trained"] == {torch.float32}
+    full = train_recipe(make_recipe(tmp_path, tiny_model_dir, toy_build, name="full"), overrides)
+    assert full.manifest["precision"] == "fp32" and seen["autocast"] is False
+    assert all(torch.isfinite(torch.tensor(loss)) for _, loss in half.manifest["loss_curve"])
+    for a, b in zip(half.manifest["loss_curve"], full.manifest["loss_curve"], strict=True):
+        assert a[1] == pytest.approx(b[1], rel=0.05)  # bf16 rounding, not a different run
+    saved = half.out / ("merged" if method == "lora" else ".")
+    merged = AutoModelForCausalLM.from_pretrained(saved)
+    assert {p.dtype for p in merged.parameters()} == {torch.float32}
+    if method == "lora":
+        adapter = load_file(half.out / "adapter_model.safetensors")
+        assert {t.dtype for t in adapter.values()} == {torch.float32}
