@@ -55,8 +55,8 @@ def dataset_table(results: dict[str, Any]) -> str:
 
 def hyperparameter_table(results: dict[str, Any]) -> str:
     """Markdown: what each method trained with, and the paper it comes from."""
-    lines = ["| method | learning rate | optimiser | weight decay | adapter | from |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| method | learning rate | optimiser | weight decay | adapter | precision | from |",
+             "|---|---|---|---|---|---|---|"]
     for row in results["rows"]:
         if row["kind"] != "tuned":
             continue
@@ -64,7 +64,8 @@ def hyperparameter_table(results: dict[str, Any]) -> str:
         rate, optim, decay = h.pop("learning_rate"), h.pop("optim"), h.pop("weight_decay")
         shape = ", ".join(f"{k} {', '.join(v) if isinstance(v, list) else v}" for k, v in h.items()) \
             or "every weight"
-        lines.append(f"| {row['label']} | {rate:g} | {optim} | {decay:g} | {shape} | {row['source']} |")
+        lines.append(f"| {row['label']} | {rate:g} | {optim} | {decay:g} | {shape} | "
+                     f"{row.get('precision') or '-'} | {row['source']} |")
     return "\n".join(lines)
 
 

@@ -335,6 +335,8 @@ def run_comparison(comparison: Comparison) -> dict[str, Any]:
             total_parameters=m["parameters"]["total"], trainable_pct=100 * m["parameters"]["fraction"],
             peak_memory_mb=m.get("peak_memory_mb"), wall_time_s=m.get("wall_time_s"),
             tokens_seen=m.get("tokens_seen"), steps=m.get("steps"),
+            # runs before run.json recorded it trained in fp32 on a CPU (bf16 on a GPU)
+            precision=m.get("precision"),
             tokens_per_s=m["tokens_seen"] / m["wall_time_s"] if m.get("wall_time_s") else None,
             final_loss=_finite(m.get("final_loss")), loss_first=status.get("loss_first"),
             loss_last=status.get("loss_last"), weights_bytes=weights_on_disk(run),

@@ -99,6 +99,8 @@ def test_methods_train_on_the_same_batches_and_are_scored_on_the_same_rows(tmp_p
         assert row["hyperparameters"]["learning_rate"] == PAPER_SETTINGS[method]["sft"]["learning_rate"]
         assert manifest["recipe"]["sft"]["learning_rate"] == PAPER_SETTINGS[method]["sft"]["learning_rate"]
         assert manifest["steps"] == 3 and manifest["padding_free"] is False
+        assert row["precision"] == manifest["precision"] in ("fp32", "bf16")
+        assert f"| {manifest['precision']} |" in (out / "report.md").read_text()
         seen.add(manifest["tokens_seen"])
         assert row["status"].split(":")[0] in ("trained", "did not train")
         assert 0 <= row["score"]["mean"] <= 100 and row["score"]["spread"] >= 0
