@@ -88,12 +88,24 @@ def _difference(theirs: Any, mine: Any, where: str) -> str | None:
 
 def _check_finished_run(run: Path, recipe: Recipe, manifest: dict[str, Any],
                         dataset_hash: str | None) -> None:
-    mine = recipe.to_json()
+    from flan_builder.training.job import training_precision
+
+    mine, theirs = recipe.to_json(), dict(manifest["recipe"])
+    # Precision is compared as trained, not as asked: "auto" means another thing on another
+    # machine, and runs before run.json recorded it trained in fp32 on a CPU.
+    mine["train"] = {k: v for k, v in mine["train"].items() if k != "precision"}
+    theirs["train"] = {k: v for k, v in (theirs.get("train") or {}).items() if k != "precision"}
     for key in ("model", "heldout", "dataset", "peft", "sft", "train"):
-        found = _difference(manifest["recipe"].get(key), mine.get(key), key)
+        found = _difference(theirs.get(key), mine.get(key), key)
         if found:
             raise FlanError(f"{run} was trained with other settings ({found}); delete it to train it again "
                             "with these, or give the comparison another output")
+    trained = manifest.get("precision") or ("fp32" if str(manifest.get("device", "cpu")).startswith("cpu")
+                                            else "bf16" if recipe.sft.get("bf16") else "fp32")
+    wanted = training_precision(recipe)
+    if trained != wanted:
+        raise FlanError(f"{run} was trained in {trained}, and this comparison trains in {wanted}; "
+                        f"add --set train.precision={trained} to use it, or delete it to train it again")
     theirs = (manifest.get("dataset") or {}).get("content_hash", {}).get("all")
     if theirs != dataset_hash:
         raise FlanError(f"{run} was trained on another build of {recipe.dataset_path} (content hash "

@@ -154,6 +154,15 @@ def test_methods_train_on_the_same_batches_and_are_scored_on_the_same_rows(tmp_p
     code = _compare(recipe, "--max-steps", "4")
     assert_one_line_error(code, capsys.readouterr().err, str(out / "runs" / "lora"),
                           "sft.max_steps: 3 there, 4 here")
+    # nor in another precision: compared as trained (run.json), not as the recipe asked ("auto")
+    trained = json.loads((out / "runs" / "lora" / "run.json").read_text())["precision"]
+    other = "fp32" if trained == "bf16" else "bf16"
+    code = _compare(recipe, "--set", f"train.precision={other}")
+    assert_one_line_error(code, capsys.readouterr().err, str(out / "runs" / "lora"),
+                          f"was trained in {trained}, and this comparison trains in {other}",
+                          f"--set train.precision={trained}")
+    assert _compare(recipe, "--set", f"train.precision={trained}") == 0  # the same as trained: reused
+    assert "lora: finished earlier, skipped" in capsys.readouterr().err
 
 
 @requires_shared_data
