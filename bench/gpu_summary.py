@@ -191,33 +191,38 @@ def summarise_run(path: Path, logs: Path | None, peak: float | None) -> dict[str
     return row
 
 
+def _cluster_mean(results: dict[str, Any], model: str, options: bool) -> float | None:
+    """A model's held-out cluster mean in one evaluation, with or without OPTIONS."""
+    found = [c["mean"] for c in results["clusters"]
+             if c["model"] == model and c.get("options", True) is options]
+    return found[0] if found else None
+
+
 def summarise_evals(folder: Path) -> list[dict[str, Any]]:
-    """Per model of each ``eval-*/results.json``: held-out cluster mean, rows scored, seconds."""
+    """Per model of each ``eval-*/results.json``: held-out cluster mean with and without OPTIONS
+    (EVAL_OPTIONS), each against the base model's, rows scored, seconds."""
     out = []
     for path in sorted(folder.glob("eval-*/results.json")):
         results = json.loads(path.read_text(encoding="utf-8"))
-        base_mean = base_bare = None
+
+        names = [model["name"] for model in results["models"]]
+        base = results.get("base", names[0] if names else None)
+        base_means = {options: _cluster_mean(results, base, options) for options in (True, False)}
         for model in results["models"]:
             name = model["name"]
-            means = [c["mean"] for c in results["clusters"] if c["model"] == name and c.get("options", True)]
-            bare = [c["mean"] for c in results["clusters"]
-                    if c["model"] == name and c.get("options") is False]
+            means = {options: _cluster_mean(results, name, options) for options in (True, False)}
+            delta = {options: None if means[options] is None or base_means[options] is None
+                     else round(means[options] - base_means[options], 2) for options in (True, False)}
             records = [r for r in results["records"] if r["model"] == name]
             scored = sum(r["scores"].get("n", 0) for r in records)
             seconds = sum(r.get("seconds", 0.0) for r in records)
-            mean = means[0] if means else None
-            base_mean = mean if base_mean is None and name == results.get("base", name) else base_mean
-            no_options = bare[0] if bare else None  # EVAL_OPTIONS=without or both
-            if base_bare is None and name == results.get("base", name):
-                base_bare = no_options
             out.append({"eval": path.parent.name, "model": name, "base": results.get("base"),
                         "method": model.get("method"), "cluster": results.get("heldout_cluster"),
-                        "mean": mean, "delta_vs_base": None if mean is None or base_mean is None
-                        else round(mean - base_mean, 2), "mean_no_options": no_options,
-                        "delta_no_options": None if no_options is None or base_bare is None
-                        else round(no_options - base_bare, 2), "row_template_pairs": scored,
-                        "templates": results.get("templates"), "limit": results.get("limit"),
-                        "seconds": round(seconds, 1), "pairs_per_s": scored / seconds if seconds else None})
+                        "mean": means[True], "delta_vs_base": delta[True],
+                        "mean_no_options": means[False], "delta_no_options": delta[False],
+                        "row_template_pairs": scored, "templates": results.get("templates"),
+                        "limit": results.get("limit"), "seconds": round(seconds, 1),
+                        "pairs_per_s": scored / seconds if seconds else None})
     return out
 
 
