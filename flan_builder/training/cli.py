@@ -46,7 +46,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             if recipe.heldout != "none":
                 registry.check_cluster(recipe.heldout)
     if args.check:
-        from flan_builder.training.job import check_recipe
+        from flan_builder.training.job import check_recipe, training_precision
         from flan_builder.training.sweep import check_build
 
         for recipe in recipes:
@@ -55,7 +55,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 check_build(recipe, registry)
             label = recipe.name if sweep else args.recipe
             print(f"{label}: ok ({recipe.model}: {source.describe()}; held out {recipe.heldout}, "
-                  f"{recipe.method}, {recipe.sft['max_steps']} steps -> {recipe.output})")
+                  f"{recipe.method}, {recipe.sft['max_steps']} steps, {training_precision(recipe)} "
+                  f"-> {recipe.output})")
         return 0
     from flan_builder.progress import quiet_library_logs
     from flan_builder.training.sweep import has_checkpoint, run_complete

@@ -112,12 +112,16 @@ def test_points_overrides_and_their_conflicts(tmp_path):
 
 def test_check_resolves_every_point_of_a_shipped_sweep(capsys):
     pytest.importorskip("trl")
+    from flan_builder.training.job import native_bf16
+
     code = main(["train", "ablation-prompt-style-nli", "--check"])
     lines = capsys.readouterr().out.splitlines()
+    precision = "bf16" if native_bf16() else "fp32"  # the shipped recipes' precision: auto
     assert code == 0 and len(lines) == 3
     for line, point in zip(lines, ("instructions", "no_template", "dataset_name"), strict=True):
         assert line.startswith(f"ablation-prompt-style-nli-{point}: ok (smollm2-135m")
-        assert line.endswith(f"held out nli, lora, 300 steps -> runs/ablation-prompt-style-nli-{point})")
+        assert line.endswith(f"held out nli, lora, 300 steps, {precision} -> "
+                             f"runs/ablation-prompt-style-nli-{point})")
     code = main(["train", "ablation-clusters-nli", "--point", "c2", "--check"])
     out = capsys.readouterr().out
     assert code == 0 and out.startswith("ablation-clusters-nli-c2: ok") and out.count("\n") == 1
