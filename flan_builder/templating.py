@@ -984,6 +984,228 @@ def _name_list(env: SandboxedEnvironment, source: str) -> list[str] | None:
     return None
 
 
+class _NotPlain(Exception):
+    """The fast renderer met what only Jinja's own code handles (the caller renders with Jinja)."""
+
+
+def _key(owner: Any, name: str) -> Any:
+    """``owner.name`` as the environment's ``getattr`` reads it on a plain dict: the key."""
+    if type(owner) is not dict:
+        raise _NotPlain
+    return owner[name]
+
+
+def _plain_join(items: Any, separator: str) -> str:
+    """``items | join(separator)`` for a list of str within the cap (what the bounded filter gives)."""
+    if type(items) not in (list, tuple) or any(type(item) is not str for item in items):
+        raise _NotPlain
+    if sum(map(len, items)) + len(separator) * max(len(items) - 1, 0) > MAX_RENDER_CHARS:
+        raise _NotPlain
+    return separator.join(items)
+
+
+def _plain_replace(text: Any, old: str, new: str) -> str:
+    """``text | replace(old, new)`` for a str whose result stays within the cap."""
+    if type(text) is not str:
+        raise _NotPlain
+    if len(new) > len(old) and len(text) + text.count(old) * (len(new) - len(old)) > MAX_RENDER_CHARS:
+        raise _NotPlain
+    return text.replace(old, new)
+
+
+# A loop longer than this is left to Jinja, which checks the time limit as it goes.
+_PLAIN_LOOP_ITEMS = 10_000
+
+
+class _PlainCompiler:
+    """Python source for a template of text, printed names, subscripts, dict fields (``f.name``),
+    ``join`` / ``replace`` filters with text arguments and flat ``{% for %}`` loops over a list
+    with ``loop.first`` / ``loop.last`` choices (the tabular serialisations): 492 of the 536
+    shipped templates. Anything else is not compiled, and renders with Jinja's own code."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.literals: dict[str, str] = {}
+        self.count = 0
+
+    def fresh(self, stem: str) -> str:
+        self.count += 1
+        return f"_{stem}{self.count}"
+
+    def literal(self, text: str) -> str:
+        name = f"_t{len(self.literals)}"
+        self.literals[name] = text
+        return name
+
+    def expression(self, node: nodes.Node, scope: dict[str, str]) -> str | None:
+        """A Python expression for a Jinja one, or None; ``scope`` maps loop names to variables."""
+        if isinstance(node, nodes.Name) and node.ctx == "load" and node.name != "loop":
+            return scope.get(node.name) or f"ctx[{node.name!r}]"
+        if isinstance(node, nodes.Const) and type(node.value) in (str, int):
+            return repr(node.value)
+        if isinstance(node, nodes.Getitem) and node.ctx == "load":
+            owner, key = self.expression(node.node, scope), self.expression(node.arg, scope)
+            return None if owner is None or key is None else f"{owner}[{key}]"
+        if (isinstance(node, nodes.Getattr) and node.ctx == "load" and node.attr not in _DICT_ATTRIBUTES
+                and not (isinstance(node.node, nodes.Name) and node.node.name == "loop")):
+            owner = self.expression(node.node, scope)
+            if owner is None:
+                return None
+            # the loop's own item is checked to be a dict once an iteration
+            if owner == scope.get("loop item"):
+                return f"{owner}[{node.attr!r}]"
+            return f"_key({owner}, {node.attr!r})"
+        if isinstance(node, nodes.Filter) and node.node is not None and not (node.kwargs or node.dyn_args
+                                                                             or node.dyn_kwargs):
+            value = self.expression(node.node, scope)
+            texts = [arg.value for arg in node.args
+                     if isinstance(arg, nodes.Const) and type(arg.value) is str]
+            if value is None or len(texts) != len(node.args):
+                return None
+            if node.name == "join" and len(texts) <= 1:
+                return f"_plain_join({value}, {(texts or [''])[0]!r})"
+            if node.name == "replace" and len(texts) == 2:
+                return f"_plain_replace({value}, {texts[0]!r}, {texts[1]!r})"
+        return None
+
+    def loop_test(self, test: nodes.Node, scope: dict[str, str]) -> str | None:
+        """``(not) loop.first`` / ``(not) loop.last`` inside a loop, as a Python condition."""
+        negate = isinstance(test, nodes.Not)
+        if negate:
+            test = test.node
+        if not ("loop" in scope and isinstance(test, nodes.Getattr) and isinstance(test.node, nodes.Name)
+                and test.node.name == "loop" and test.attr in ("first", "last")):
+            return None
+        index, length = scope["loop"].split(",")
+        condition = f"{index} == 0" if test.attr == "first" else f"{index} == {length} - 1"
+        return f"not {condition}" if negate else condition
+
+    def choice(self, node: nodes.CondExpr, scope: dict[str, str]) -> str | None:
+        """``"a" if (not) loop.last/first else "b"`` inside a loop, both branches text: a str."""
+        branches = (node.expr1, node.expr2)
+        condition = self.loop_test(node.test, scope)
+        if condition is None or not all(isinstance(n, nodes.Const) and type(n.value) is str
+                                        for n in branches):
+            return None
+        return f"({self.literal(node.expr1.value)} if {condition} else {self.literal(node.expr2.value)})"
+
+    def output(self, node: nodes.Output, scope: dict[str, str], pad: str, parts: list[str]) -> bool:
+        """Assign each printed value (as text) to a variable; add the parts to ``parts``."""
+        for child in node.nodes:
+            if isinstance(child, nodes.TemplateData):
+                parts.append(self.literal(child.data))
+            elif isinstance(child, nodes.Const):
+                if type(child.value) is not str:
+                    return False
+                parts.append(self.literal(child.value))
+            elif isinstance(child, nodes.CondExpr):
+                text = self.choice(child, scope)
+                if text is None:
+                    return False
+                parts.append(text)
+            else:
+                expression = self.expression(child, scope)
+                if expression is None:
+                    return False
+                var = self.fresh("v")
+                self.lines += [f"{pad}{var} = {expression}",
+                               f"{pad}if type({var}) is not str: {var} = _env.finalize({var})"]
+                parts.append(var)
+        return True
+
+    def flush(self, parts: list[str], pad: str) -> None:
+        """Join what a stretch of the template printed, add it to the output and to its size."""
+        if not parts:
+            return
+        piece = parts[0] if len(parts) == 1 else f"''.join(({', '.join(parts)}))"
+        self.lines += [f"{pad}_piece = {piece}", f"{pad}_add(_piece)", f"{pad}_size += len(_piece)"]
+        parts.clear()
+
+    def body(self, body: list[nodes.Node], scope: dict[str, str], pad: str) -> bool:
+        parts: list[str] = []
+        for node in body:
+            if isinstance(node, nodes.Output):
+                if not self.output(node, scope, pad, parts):
+                    return False
+            elif isinstance(node, nodes.For):
+                self.flush(parts, pad)
+                if not self.loop(node, scope, pad):
+                    return False
+            elif isinstance(node, nodes.If) and not node.elif_:  # {% if not loop.last %}; {% endif %}
+                condition = self.loop_test(node.test, scope)
+                if condition is None:
+                    return False
+                self.flush(parts, pad)
+                self.lines.append(f"{pad}if {condition}:")
+                mark = len(self.lines)
+                if not self.body(node.body, scope, pad + "  "):
+                    return False
+                if len(self.lines) == mark:
+                    self.lines.append(f"{pad}  pass")
+                if node.else_:
+                    self.lines.append(f"{pad}else:")
+                    if not self.body(node.else_, scope, pad + "  "):
+                        return False
+            else:
+                return False
+        self.flush(parts, pad)
+        return True
+
+    def loop(self, node: nodes.For, scope: dict[str, str], pad: str) -> bool:
+        iterable = node.iter  # _parse wraps every loop's iterable in the loop guard
+        if (isinstance(iterable, nodes.Call) and isinstance(iterable.node, nodes.Name)
+                and iterable.node.name == _LOOP_GUARD and len(iterable.args) == 1):
+            iterable = iterable.args[0]
+        if ("loop" in scope or node.else_ or node.test is not None or node.recursive
+                or not isinstance(node.target, nodes.Name)):
+            return False
+        items = self.expression(iterable, scope)
+        if items is None:
+            return False
+        seq, index, item, length = self.fresh("seq"), self.fresh("i"), self.fresh("item"), self.fresh("n")
+        self.lines += [f"{pad}{seq} = {items}",
+                       f"{pad}if type({seq}) is not list: raise _NotPlain",
+                       f"{pad}{length} = len({seq})",
+                       f"{pad}if {length} > {_PLAIN_LOOP_ITEMS}: raise _NotPlain",
+                       f"{pad}for {index}, {item} in enumerate({seq}):"]
+        inner = {**scope, node.target.name: item, "loop": f"{index},{length}"}
+        uses_fields = any(isinstance(n.node, nodes.Name) and n.node.name == node.target.name
+                          for n in node.find_all(nodes.Getattr))
+        if uses_fields:
+            inner["loop item"] = item
+            self.lines.append(f"{pad}  if type({item}) is not dict: raise _NotPlain")
+        if not self.body(node.body, inner, pad + "  "):
+            return False
+        self.lines.append(f"{pad}  if _size > {MAX_RENDER_CHARS}: raise _NotPlain")
+        return True
+
+
+def _plain_renderer(env: SandboxedEnvironment, source: str) -> Callable[[dict[str, Any]], str | None] | None:
+    """A plain Python function for a template ``_PlainCompiler`` takes, else None.
+
+    It does what Jinja's generated code does on such a template (a name is the context's value; a
+    subscript is ``obj[key]``, as the sandbox's ``getitem`` does first; ``f.name`` on a dict is its
+    key, as the environment's ``getattr`` reads it; a printed value that is not a str goes through
+    ``finalize``; the output cap, checked as a loop goes) without the Context, the generator and the
+    name resolution around it. It returns None wherever that code would take another path (a
+    missing name or key, a failed subscript, a null value, something not a list looped over, the
+    cap, a loop of more than 10,000 items): the caller then renders with Jinja, which gives what it
+    gives. Generated from the parsed tree: names are Jinja identifiers and literals are ``repr``'d
+    or passed as values, so the source holds nothing from a template but data."""
+    compiler = _PlainCompiler()
+    if not compiler.body(env.parse(source).body, {}, "    "):
+        return None
+    code = ("def _render(ctx):\n  _parts = []\n  _add = _parts.append\n  _size = 0\n  try:\n"
+            + "".join(f"{line}\n" for line in compiler.lines)
+            + "  except Exception:\n    return None\n"
+            + f"  return ''.join(_parts) if _size <= {MAX_RENDER_CHARS} else None\n")
+    namespace: dict[str, Any] = {"_env": env, "_key": _key, "_NotPlain": _NotPlain,
+                                 "_plain_join": _plain_join, "_plain_replace": _plain_replace,
+                                 **compiler.literals}
+    exec(compile(code, "<flan-builder plain template>", "exec"), namespace)  # noqa: S102
+    return namespace["_render"]
+
+
 class MissingKeyError(jinja2.UndefinedError):
     """A spec expression looked up a key its mapping lacks (not a missing field)."""
 
@@ -1030,6 +1252,7 @@ class _CompiledTemplate:
         self._env = env
         self._can_run_long = can_run_long(env, template.input + _JOINT + target)
         self._join = _join_bounded if self._can_run_long else _join_capped
+        self._plain = _plain_renderer(env, template.input + _JOINT + target)
         self.id = template.id
         self.inverted = template.inverted
         # the template overrides the task's options, answer or references: a context of its own
@@ -1042,6 +1265,12 @@ class _CompiledTemplate:
         ``Template.render`` copies the context and merges the globals on every call, which
         costs more than rendering these short templates does.
         """
+        if self._plain is not None:
+            text = self._plain(ctx)
+            if text is not None:
+                parts = text.split(_JOINT)
+                if len(parts) == 2:
+                    return parts[0], parts[1]
         joint = self.joint
         parts = self._join(joint.root_render_func(Context(self._env, ctx, joint.name, joint.blocks))
                            ).split(_JOINT)
