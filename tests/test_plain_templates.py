@@ -112,3 +112,30 @@ def test_a_loop_past_the_plain_limit_runs_under_jinjas_time_limit(tmp_path, monk
     with pytest.raises(FlanError, match="ran longer than the 0.1 s"):
         renderer.render(row, 1, split="train", row_index=0)
     assert time.monotonic() - started < 10
+
+
+def test_a_batch_pauses_the_collector_and_restores_it_even_on_a_bad_row(tmp_path):
+    import gc
+
+    renderer = TaskRenderer(_spec(tmp_path, "{{ text }}"))
+    first = renderer.render(ROW, 0).input
+    seen = []
+    original = renderer._render_on
+
+    def spy(*args):
+        seen.append(gc.isenabled())
+        return original(*args)
+
+    renderer._render_on = spy
+    assert gc.isenabled()
+    examples = renderer.render_rows([ROW, ROW], [(1,), (0, 1)])
+    assert [e.input for e in examples] == ["hello", first, "hello"] and seen == [False] * 3 and gc.isenabled()
+    with pytest.raises(FlanError, match="row 1"):
+        renderer.render_rows([ROW, {**ROW, "text": None}], [(1,), (1,)])
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        renderer.render_rows([ROW], [(1,)])
+        assert not gc.isenabled()  # a caller's choice is left as it was
+    finally:
+        gc.enable()
