@@ -952,7 +952,15 @@ class _Expression:
                     pass
                 return context.vars["result"]
 
-            self._call = evaluate
+            plain = _plain_expression(env, self.source)
+            if plain is None:
+                self._call = evaluate
+            else:  # Jinja's code only where the plain one cannot say (it then gives what it gives)
+                def either(ctx: dict[str, Any]) -> Any:
+                    value = plain(ctx)
+                    return evaluate(ctx) if value is _NOT_PLAIN else value
+
+                self._call = either
             self._name = None
 
     def __call__(self, ctx: Mapping[str, Any]) -> Any:
@@ -1014,6 +1022,18 @@ def _plain_replace(text: Any, old: str, new: str) -> str:
     return text.replace(old, new)
 
 
+# str methods a template may call through the plain renderer: their result is never longer than
+# the text, so they need none of the sandbox's size checks.
+_PLAIN_STR_METHODS = frozenset({"split", "strip", "lstrip", "rstrip"})
+
+
+def _str_call(text: Any, method: str, *args: str) -> Any:
+    """``text.method(*args)`` on a str, as the sandbox calls it."""
+    if type(text) is not str:
+        raise _NotPlain
+    return getattr(text, method)(*args)
+
+
 # A loop longer than this is left to Jinja, which checks the time limit as it goes.
 _PLAIN_LOOP_ITEMS = 10_000
 
@@ -1044,6 +1064,20 @@ class _PlainCompiler:
             return scope.get(node.name) or f"ctx[{node.name!r}]"
         if isinstance(node, nodes.Const) and type(node.value) in (str, int):
             return repr(node.value)
+        if isinstance(node, nodes.Neg) and isinstance(node.node, nodes.Const) \
+                and type(node.node.value) is int:
+            return repr(-node.node.value)
+        if isinstance(node, nodes.List):
+            items = [self.expression(item, scope) for item in node.items]
+            return None if None in items else f"[{', '.join(items)}]"
+        if (isinstance(node, nodes.Call) and isinstance(node.node, nodes.Getattr)
+                and node.node.attr in _PLAIN_STR_METHODS and len(node.args) <= 1
+                and not (node.kwargs or node.dyn_args or node.dyn_kwargs)
+                and all(isinstance(arg, nodes.Const) and type(arg.value) is str for arg in node.args)):
+            owner = self.expression(node.node.node, scope)
+            if owner is None:
+                return None
+            return f"_str_call({owner}, {node.node.attr!r}{''.join(f', {a.value!r}' for a in node.args)})"
         if isinstance(node, nodes.Getitem) and node.ctx == "load":
             owner, key = self.expression(node.node, scope), self.expression(node.arg, scope)
             return None if owner is None or key is None else f"{owner}[{key}]"
@@ -1077,9 +1111,9 @@ class _PlainCompiler:
         if not ("loop" in scope and isinstance(test, nodes.Getattr) and isinstance(test.node, nodes.Name)
                 and test.node.name == "loop" and test.attr in ("first", "last")):
             return None
-        index, length = scope["loop"].split(",")
-        condition = f"{index} == 0" if test.attr == "first" else f"{index} == {length} - 1"
-        return f"not {condition}" if negate else condition
+        index, last = scope["loop"].split(",")
+        compared = "0" if test.attr == "first" else last
+        return f"{index} {'!=' if negate else '=='} {compared}"
 
     def choice(self, node: nodes.CondExpr, scope: dict[str, str]) -> str | None:
         """``"a" if (not) loop.last/first else "b"`` inside a loop, both branches text: a str."""
@@ -1118,7 +1152,8 @@ class _PlainCompiler:
         """Join what a stretch of the template printed, add it to the output and to its size."""
         if not parts:
             return
-        piece = parts[0] if len(parts) == 1 else f"''.join(({', '.join(parts)}))"
+        # each part is a variable or a conditional of variables: no quote, brace or backslash
+        piece = parts[0] if len(parts) == 1 else "f'" + "".join(f"{{{part}}}" for part in parts) + "'"
         self.lines += [f"{pad}_piece = {piece}", f"{pad}_add(_piece)", f"{pad}_size += len(_piece)"]
         parts.clear()
 
@@ -1163,13 +1198,13 @@ class _PlainCompiler:
         items = self.expression(iterable, scope)
         if items is None:
             return False
-        seq, index, item, length = self.fresh("seq"), self.fresh("i"), self.fresh("item"), self.fresh("n")
+        seq, index, item, last = self.fresh("seq"), self.fresh("i"), self.fresh("item"), self.fresh("last")
         self.lines += [f"{pad}{seq} = {items}",
-                       f"{pad}if type({seq}) is not list: raise _NotPlain",
-                       f"{pad}{length} = len({seq})",
-                       f"{pad}if {length} > {_PLAIN_LOOP_ITEMS}: raise _NotPlain",
+                       f"{pad}if type({seq}) is not list or len({seq}) > {_PLAIN_LOOP_ITEMS}:",
+                       f"{pad}  raise _NotPlain",
+                       f"{pad}{last} = len({seq}) - 1",
                        f"{pad}for {index}, {item} in enumerate({seq}):"]
-        inner = {**scope, node.target.name: item, "loop": f"{index},{length}"}
+        inner = {**scope, node.target.name: item, "loop": f"{index},{last}"}
         uses_fields = any(isinstance(n.node, nodes.Name) and n.node.name == node.target.name
                           for n in node.find_all(nodes.Getattr))
         if uses_fields:
@@ -1179,6 +1214,32 @@ class _PlainCompiler:
             return False
         self.lines.append(f"{pad}  if _size > {MAX_RENDER_CHARS}: raise _NotPlain")
         return True
+
+
+_PLAIN_HELPERS: dict[str, Any] = {"_key": _key, "_NotPlain": _NotPlain, "_plain_join": _plain_join,
+                                  "_plain_replace": _plain_replace, "_str_call": _str_call}
+_NOT_PLAIN = object()
+
+
+def _plain_expression(env: SandboxedEnvironment, source: str) -> Callable[[dict[str, Any]], Any] | None:
+    """A spec expression (``[answer.split('####')[-1].strip()]``, ``answers.text``) as plain Python
+    where ``_PlainCompiler`` takes it, else None. It gives ``_NOT_PLAIN`` wherever Jinja's code
+    would take another path (a missing key, a failed subscript, a method of something not a str)."""
+    try:
+        parser = Parser(env, source, state="variable")
+        node = parser.parse_expression()
+        if not parser.stream.eos:
+            return None
+    except jinja2.TemplateSyntaxError:
+        return None
+    expression = _PlainCompiler().expression(node, {})
+    if expression is None:
+        return None
+    code = (f"def _value(ctx):\n  try:\n    return {expression}\n"
+            "  except Exception:\n    return _NOT_PLAIN\n")
+    namespace: dict[str, Any] = {"_NOT_PLAIN": _NOT_PLAIN, **_PLAIN_HELPERS}
+    exec(compile(code, "<flan-builder plain expression>", "exec"), namespace)  # noqa: S102
+    return namespace["_value"]
 
 
 def _plain_renderer(env: SandboxedEnvironment, source: str) -> Callable[[dict[str, Any]], str | None] | None:
@@ -1200,9 +1261,7 @@ def _plain_renderer(env: SandboxedEnvironment, source: str) -> Callable[[dict[st
             + "".join(f"{line}\n" for line in compiler.lines)
             + "  except Exception:\n    return None\n"
             + f"  return ''.join(_parts) if _size <= {MAX_RENDER_CHARS} else None\n")
-    namespace: dict[str, Any] = {"_env": env, "_key": _key, "_NotPlain": _NotPlain,
-                                 "_plain_join": _plain_join, "_plain_replace": _plain_replace,
-                                 **compiler.literals}
+    namespace: dict[str, Any] = {"_env": env, **_PLAIN_HELPERS, **compiler.literals}
     exec(compile(code, "<flan-builder plain template>", "exec"), namespace)  # noqa: S102
     return namespace["_render"]
 

@@ -55,7 +55,7 @@ def test_every_shipped_template_renders_the_same_rows_as_jinja():
                     for template in range(len(plain.templates)):
                         assert _outcome(plain, row, template, split_name, index) == \
                             _outcome(jinja, row, template, split_name, index), (spec.name, template, index)
-    assert total == 536 and compiled >= 480  # most shipped templates skip Jinja's code
+    assert total == 536 and compiled >= 490  # most shipped templates skip Jinja's code
 
 
 @pytest.mark.parametrize("template", [
@@ -64,6 +64,7 @@ def test_every_shipped_template_renders_the_same_rows_as_jinja():
     " {{ text }}",
     "{% for f in features %}{% if not loop.first %}; {% endif %}{{ f['name'] }}={{ f.value }}{% endfor %}",
     "{{ choices | join(' | ') | replace('a', 'A') }} {{ choices | join }}",
+    "{{ text.split('l')[-1].strip() }} {{ text.rstrip('o') }} {{ [text, choices[0]] }}",
     "quotes \"\"\" and ''' and \\ and {{ '{{' }} stay text: {{ text }}\n",
 ])
 def test_plain_templates_compile_and_render_as_jinja_on_odd_rows(tmp_path, template):
@@ -89,6 +90,20 @@ def test_plain_templates_compile_and_render_as_jinja_on_odd_rows(tmp_path, templ
 ])
 def test_what_the_plain_renderer_does_not_take_is_left_to_jinja(template):
     assert _plain_renderer(make_environment(), template) is None
+
+
+def test_spec_expressions_take_the_plain_path_and_fall_back_to_jinja():
+    from flan_builder.templating import _NOT_PLAIN, _Expression, _plain_expression
+
+    env = make_environment()
+    plain = _plain_expression(env, "[answer.split('####')[-1].strip()]")
+    assert plain({"answer": "3 + 4 = 7\n#### 7 "}) == ["7"]
+    assert plain({"answer": 7}) is _NOT_PLAIN and plain({}) is _NOT_PLAIN
+    expression = _Expression(env, "[answer.split('####')[-1].strip()]")
+    assert expression({"answer": "a #### b"}) == ["b"]
+    with pytest.raises(Exception, match="has no attribute 'split'"):  # Jinja's own error, not ours
+        expression({"answer": 7})
+    assert _plain_expression(env, "choices.index(answer)") is None  # a call it does not take
 
 
 def test_the_cap_holds_before_a_plain_loop_builds_past_it(tmp_path):
