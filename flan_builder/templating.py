@@ -979,15 +979,19 @@ class _Expression:
         return value
 
 
-def _name_list(env: SandboxedEnvironment, source: str) -> list[str] | None:
-    """The names of an expression that is a list of bare names (``[answer]``), else None."""
+def _parse_expression(env: SandboxedEnvironment, source: str) -> nodes.Expr | None:
+    """A spec expression's tree, or None when it is not one whole expression."""
     try:
         parser = Parser(env, source, state="variable")
         node = parser.parse_expression()
-        if not parser.stream.eos:
-            return None
     except jinja2.TemplateSyntaxError:
         return None
+    return node if parser.stream.eos else None
+
+
+def _name_list(env: SandboxedEnvironment, source: str) -> list[str] | None:
+    """The names of an expression that is a list of bare names (``[answer]``), else None."""
+    node = _parse_expression(env, source)
     if isinstance(node, nodes.List) and all(isinstance(item, nodes.Name) for item in node.items):
         return [item.name for item in node.items]
     return None
@@ -1225,14 +1229,8 @@ def _plain_expression(env: SandboxedEnvironment, source: str) -> Callable[[dict[
     """A spec expression (``[answer.split('####')[-1].strip()]``, ``answers.text``) as plain Python
     where ``_PlainCompiler`` takes it, else None. It gives ``_NOT_PLAIN`` wherever Jinja's code
     would take another path (a missing key, a failed subscript, a method of something not a str)."""
-    try:
-        parser = Parser(env, source, state="variable")
-        node = parser.parse_expression()
-        if not parser.stream.eos:
-            return None
-    except jinja2.TemplateSyntaxError:
-        return None
-    expression = _PlainCompiler().expression(node, {})
+    node = _parse_expression(env, source)
+    expression = None if node is None else _PlainCompiler().expression(node, {})
     if expression is None:
         return None
     code = (f"def _value(ctx):\n  try:\n    return {expression}\n"

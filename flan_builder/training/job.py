@@ -140,7 +140,7 @@ def native_bf16() -> bool:
 def training_precision(recipe: Recipe) -> str:
     """``"bf16"`` or ``"fp32"``: the recipe's ``train.precision``, ``auto`` resolved for this device.
     Measured on 2 CPU cores with AVX512-BF16, smollm2-135m LoRA at the README's settings: bf16 peaks
-    at 1.9 GiB against fp32's 2.7 and trains 1.4x the tokens/s (bench/RESULTS.md)."""
+    at 1.9 GiB against fp32's 2.7 and trains 1.2-1.4x the tokens/s (bench/RESULTS.md)."""
     wanted = recipe.train["precision"]
     explicit = recipe.sft.get("bf16")
     if explicit is not None:
