@@ -100,8 +100,10 @@ def _check_finished_run(run: Path, recipe: Recipe, manifest: dict[str, Any],
         if found:
             raise FlanError(f"{run} was trained with other settings ({found}); delete it to train it again "
                             "with these, or give the comparison another output")
-    trained = manifest.get("precision") or ("fp32" if str(manifest.get("device", "cpu")).startswith("cpu")
-                                            else "bf16" if recipe.sft.get("bf16") else "fp32")
+    # before run.json recorded it: fp32 on a CPU; on a GPU bf16 unless the run's own recipe said no
+    trained = manifest.get("precision") or (
+        "fp32" if str(manifest.get("device", "cpu")).startswith("cpu")
+        else "bf16" if (manifest["recipe"].get("sft") or {}).get("bf16", True) else "fp32")
     wanted = training_precision(recipe)
     if trained != wanted:
         raise FlanError(f"{run} was trained in {trained}, and this comparison trains in {wanted}; "
