@@ -329,18 +329,49 @@ def logits_tree(model: Any, rows: list[Encoded], pad_id: int) -> ScoredLogits:
     return ScoredLogits(logits, targets.to(device), option.to(device), len(options), inverse.to(device))
 
 
+def _virtual_tokens(model: Any) -> int:
+    """Positions a prompt-learning adapter puts before the text: prompt tuning and P-tuning prepend
+    their soft tokens to the sequence; prefix tuning keeps its own in the key/value cache."""
+    configs = getattr(model, "peft_config", None) or {}
+    config = configs.get(getattr(model, "active_adapter", None))
+    if config is None or not getattr(config, "is_prompt_learning", False) or \
+            str(config.peft_type).endswith(("PREFIX_TUNING", "CARTRIDGE")):
+        return 0
+    return int(config.num_virtual_tokens)
+
+
+def _takes_logits_to_keep(model: Any) -> bool:
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(type(base).forward).parameters
+
+
 @torch.no_grad()
 def logits_full_sequences(model: Any, rows: list[Encoded], pad_id: int) -> ScoredLogits:
-    """Reference path: a full forward pass per (prompt, option) pair, every position projected."""
+    """Reference path: a full forward pass per (prompt, option) pair (what prompt-learning models need,
+    their forward going through PEFT). Only the positions that predict a scored token go through the
+    LM head (transformers' ``logits_to_keep``): at every position, Gemma's 262k-word head would cost
+    more than the body and hold a [pairs, length, vocabulary] tensor."""
     device = next(model.parameters()).device
     owner, options, offsets = _layout(rows)
     fulls = [r.fulls[k] if r.fulls else r.prompt + o for r in rows for k, o in enumerate(r.options)]
     ids, mask = _pad(fulls, pad_id)
+    targets, option = _targets(options, offsets)
+    spans = [(len(full) - len(options[n]) - 1, len(full) - 1) for n, full in enumerate(fulls)]
+    if _takes_logits_to_keep(model):
+        virtual = _virtual_tokens(model)
+        keep = torch.zeros((len(fulls), virtual + ids.shape[1]), dtype=torch.bool)
+        for n, (start, end) in enumerate(spans):
+            keep[n, virtual + start: virtual + end] = True
+        # a boolean mask keeps exactly those positions, flattened row by row: option by option, in order
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                       logits_to_keep=keep.to(device)).logits.float()
+        return ScoredLogits(logits, targets.to(device), option.to(device), len(options))
     logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
     # prompt-learning models return logits for their virtual tokens too: keep the text's
     logits = logits[:, -ids.shape[1]:]
-    picked = [logits[n, len(full) - len(options[n]) - 1: len(full) - 1] for n, full in enumerate(fulls)]
-    targets, option = _targets(options, offsets)
+    picked = [logits[n, start: end] for n, (start, end) in enumerate(spans)]
     return ScoredLogits(torch.cat(picked), targets.to(device), option.to(device), len(options))
 
 

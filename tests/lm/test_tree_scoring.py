@@ -217,3 +217,33 @@ def test_real_rte_rows_are_batched_with_little_padding(tokenizer):
     fixed = padding(batches(rows, 16, lengths.__getitem__))
     ours = padding(batches(rows, 16, lengths.__getitem__, BATCH_COST["cpu"]))
     assert len(rows) == 277 and fixed > 0.08 and ours < fixed / 3
+
+
+@pytest.mark.parametrize("method", ["prompt_tuning", "p_tuning", "prefix_tuning"])
+def test_prompt_learning_models_score_only_the_positions_they_need(tokenizer, method):
+    """Models that prepend virtual tokens are scored by full sequences through PEFT, the LM head on the
+    predicting positions alone: the batch (padded, several lengths) equals each sequence run alone
+    with every position projected."""
+    from peft import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, get_peft_model
+
+    from flan_builder.lm.scoring import _virtual_tokens, encode_row, score_full_sequences, scored_logits
+
+    config = {"prompt_tuning": PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5),
+              "p_tuning": PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=4,
+                                              encoder_hidden_size=16),
+              "prefix_tuning": PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=6)}[method]
+    model = get_peft_model(_llama(len(tokenizer), "sdpa"), config).eval()
+    assert _virtual_tokens(model) == (0 if method == "prefix_tuning" else config.num_virtual_tokens)
+    rows = [encode_row(tokenizer, prompt, options, " ") for prompt, options in ROWS]
+    ours = score_full_sequences(model, rows, tokenizer.pad_token_id)
+    for row, scores in zip(rows, ours, strict=True):
+        for k, full in enumerate(row.fulls):
+            n = len(row.options[k])
+            with torch.no_grad():  # every position projected; virtual tokens' logits come first
+                logits = model(input_ids=torch.tensor([full])).logits.float()
+            logprobs = logits.log_softmax(-1)[0, -len(full):]
+            alone = sum(float(logprobs[len(full) - n - 1 + j, full[len(full) - n + j]]) for j in range(n))
+            assert scores[k] == pytest.approx(alone, abs=1e-4)
+    # only the predicting positions were projected: one logits row per scored token
+    scored = scored_logits(model, rows, tokenizer.pad_token_id)
+    assert scored.distinct.shape[0] == sum(len(o) for row in rows for o in row.options)
