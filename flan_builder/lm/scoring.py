@@ -335,7 +335,7 @@ def _virtual_tokens(model: Any) -> int:
     configs = getattr(model, "peft_config", None) or {}
     config = configs.get(getattr(model, "active_adapter", None))
     if config is None or not getattr(config, "is_prompt_learning", False) or \
-            str(config.peft_type).endswith(("PREFIX_TUNING", "CARTRIDGE")):
+            config.peft_type.value in ("PREFIX_TUNING", "CARTRIDGE"):
         return 0
     return int(config.num_virtual_tokens)
 
