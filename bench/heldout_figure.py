@@ -70,7 +70,7 @@ def bars(groups: list[tuple[str, str]], out: Path) -> None:
     fig.savefig(out, dpi=120)
 
 
-def curve(report: Path, points: list[tuple[float, str]], out: Path) -> None:
+def curve(report: Path, points: list[tuple[float, str]], out: Path, title: str = "") -> None:
     base, means, _ = cluster_means(report)
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for options, style in ((True, "o-"), (False, "s--")):
@@ -83,8 +83,9 @@ def curve(report: Path, points: list[tuple[float, str]], out: Path) -> None:
             ax.axhline(means[(base, options)], color=line.get_color(), linestyle=":",
                        label=f"untuned, {'with' if options else 'without'} OPTIONS")
     ax.set_xlabel("training clusters")
-    ax.set_ylabel("held-out score (mean over datasets and templates)")
+    ax.set_ylabel("held-out cluster mean")
     ax.set_xticks([n for n, _ in points])
+    ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -109,11 +110,12 @@ def main() -> None:
     cur.add_argument("--report", type=Path, required=True)
     cur.add_argument("points", nargs="+", type=_pair, help="CLUSTERS=MODEL as named in the report")
     cur.add_argument("--out", type=Path, required=True)
+    cur.add_argument("--title", default="")
     args = parser.parse_args()
     if args.kind == "bars":
         bars(args.groups, args.out)
     else:
-        curve(args.report, [(float(n), model) for n, model in args.points], args.out)
+        curve(args.report, [(float(n), model) for n, model in args.points], args.out, args.title)
     print(args.out)
 
 
