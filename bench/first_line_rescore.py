@@ -19,15 +19,8 @@ from pathlib import Path
 
 import evaluate
 
-from flan_builder.evaluation.metrics import METRICS_DIR, metric
-
-
-def module_reporting(key: str) -> str:
-    """The shipped metric module whose headline key a record names (records keep the key only)."""
-    for facts in sorted(METRICS_DIR.glob("*/metric.yaml")):
-        if metric(facts.parent.name).keys[0] == key:
-            return facts.parent.name
-    raise SystemExit(f"no shipped metric module reports {key!r}")
+from flan_builder.evaluation.metrics import metric
+from flan_builder.evaluation.rows import task_evaluations
 
 
 def first_line(answer: str) -> str:
@@ -36,6 +29,10 @@ def first_line(answer: str) -> str:
 
 def rescore(report: Path) -> list[dict]:
     results = json.loads((report / "results.json").read_text(encoding="utf-8"))
+    # how each task is scored, as `flan eval` read it: the build's manifest, else the task specs
+    built = Path(results["data"]) / "manifest.json"
+    manifest = json.loads(built.read_text(encoding="utf-8")) if built.is_file() else {}
+    evaluations = task_evaluations(manifest, {r["task"] for r in results["records"]})
     modules: dict[str, evaluate.EvaluationModule] = {}
     per_dataset: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     words: dict[str, list[int]] = defaultdict(list)
@@ -45,7 +42,7 @@ def rescore(report: Path) -> list[dict]:
             continue
         with (report / record["samples"]).open(encoding="utf-8") as lines:
             samples = [json.loads(line) for line in lines]
-        name = module_reporting(key)
+        name = evaluations[record["task"]]["metric"]
         module = modules.setdefault(name, evaluate.load(str(metric(name).path)))
         answers = [s["answer"] for s in samples]
         references = [s["references"] for s in samples]
@@ -54,18 +51,18 @@ def rescore(report: Path) -> list[dict]:
             score = module.compute(predictions=predictions, references=references)[key]
             per_dataset[(record["model"], record["task"])][label].append(float(score))
         words[record["model"]] += [len(a.split()) for a in answers]
-    rows = []
-    for (model, task), scores in sorted(per_dataset.items()):
-        rows.append({"model": model, "task": task, **{k: statistics.fmean(v) for k, v in scores.items()},
-                     "templates": len(scores["first line"])})
-    for model in sorted({r["model"] for r in rows}):
-        mine = [r for r in rows if r["model"] == model and "words per answer" not in r]
-        rows.append({"model": model, "task": "(mean of datasets)",
+    datasets = [{"model": model, "task": task, **{k: statistics.fmean(v) for k, v in scores.items()},
+                 "templates": len(scores["first line"])}
+                for (model, task), scores in sorted(per_dataset.items())]
+    means = []
+    for model in sorted(words):
+        mine = [r for r in datasets if r["model"] == model]
+        means.append({"model": model, "task": "(mean of datasets)",
                      "as generated": statistics.fmean(r["as generated"] for r in mine),
                      "first line": statistics.fmean(r["first line"] for r in mine),
                      "templates": sum(r["templates"] for r in mine),
                      "words per answer": statistics.fmean(words[model])})
-    return rows
+    return datasets + means
 
 
 def main() -> None:

@@ -48,9 +48,9 @@ def bars(groups: list[tuple[str, str]], out: Path) -> None:
     for label, report in groups:
         base, means, classification = merged_means(report)
         for options in (True, False):
-            models = [base] + sorted(m for m, o in means if o == options and m != base)
             if (base, options) not in means:
                 continue
+            models = [base] + sorted(m for m, o in means if o == options and m != base)
             start = x
             for i, model in enumerate(models):
                 value = means[(model, options)]
